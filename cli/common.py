@@ -1,0 +1,29 @@
+"""Shared CLI plumbing: one-line errors instead of tracebacks, and the rich console."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from rich.console import Console
+
+from secvit.errors import SecvitError
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+
+def user_errors(func: F) -> F:
+    """Turn :class:`SecvitError` into ``error: <message>`` on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SecvitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper

@@ -1,0 +1,28 @@
+"""The ``secvit`` command line: thin Typer wrappers around the library."""
+
+from __future__ import annotations
+
+import warnings
+
+import typer
+
+from cli import models
+
+# torch 2.14 warns on every import of libraries that still call torch.jit.script.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+
+app = typer.Typer(
+    name="secvit",
+    help="Reproduce SecViT (Semantic Equitable Clustering Vision Transformer): models, training, pipeline, tables.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

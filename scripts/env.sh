@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create or reuse the project environment in .venv/ with every version pinned.
+#   requirements.lock  all Python packages (resolved from requirements.in by scripts/lock.sh)
+#   mmcv 2.1.0         built from source once per machine and cached (scripts/build_mmcv.sh)
+# Re-running is cheap: a stamp of the inputs skips the install when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.8
+MMCV_VERSION=2.1.0
+python=${PYTHON:-$(command -v python3.11 || command -v python3)}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "error: secvit needs Python 3.11 (found $("$python" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+  exit 2
+fi
+
+torch_pin=$(grep -E '^torch==' requirements.lock | cut -d= -f3)
+wheel_dir=${SECVIT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secvit/wheels}/torch-$torch_pin-cp311
+stamp=$(cat requirements.lock pyproject.toml scripts/build_mmcv.sh | sha256sum | cut -c1-16)
+
+if [ -f .venv/.secvit-env ] && [ "$(cat .venv/.secvit-env)" = "$stamp" ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q "uv==$UV_VERSION"
+uv=.venv/bin/uv
+echo "secvit: installing pinned packages into .venv" >&2
+"$uv" pip install -q --python .venv/bin/python -r requirements.lock
+
+mmcv_wheel=$(ls "$wheel_dir"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$mmcv_wheel" ]; then
+  echo "secvit: building mmcv $MMCV_VERSION with CPU ops (once per machine, ~15 min on 2 cores)" >&2
+  mmcv_wheel=$(scripts/build_mmcv.sh "$wheel_dir" | tail -n1)
+fi
+"$uv" pip install -q --python .venv/bin/python --no-deps "$mmcv_wheel"
+"$uv" pip install -q --python .venv/bin/python --no-deps -e .
+echo "$stamp" > .venv/.secvit-env

@@ -1,0 +1,99 @@
+"""Checkpoint files: atomic writes, safe loading with clear errors, and weight conversion."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from secvit.errors import SecvitError
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same directory, then rename: never a torn file."""
+    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically."""
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_file_checked(path: str | Path, full: bool = False) -> dict[str, Any]:
+    """Load a ``.pth``/``.pt``/``.safetensors`` checkpoint or raise a one-line :class:`SecvitError`.
+
+    ``full=True`` allows non-tensor objects (our own training checkpoints, which hold
+    optimizer state and RNG states); released weights load with ``weights_only``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SecvitError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        obj = torch.load(path, map_location="cpu", weights_only=not full)
+    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({first[:120]})") from e
+    if not isinstance(obj, dict):
+        raise SecvitError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+    return obj
+
+
+def pick_state_dict(checkpoint: dict[str, Any], ema: bool, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The raw (``model``) or EMA (``model_ema``) weights of a checkpoint, or the bare state dict."""
+    key = "model_ema" if ema else "model"
+    if key in checkpoint:
+        state = checkpoint[key]
+    elif ema:
+        raise SecvitError(f"{source} has no EMA weights ('model_ema'); drop --ema to use the raw weights")
+    elif all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        state = checkpoint
+    else:
+        raise SecvitError(f"{source} has neither 'model' weights nor a bare state dict (keys: {', '.join(list(checkpoint)[:6])})")
+    if not isinstance(state, dict):
+        raise SecvitError(f"{source}['{key}'] is not a state dict")
+    return state
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, ema: bool = False) -> torch.nn.Module:
+    """Load released or own weights into a registered model strictly, through its checkpoint filter."""
+    from secvit.models.secvit import checkpoint_filter_fn
+
+    checkpoint = load_file_checked(path, full=True)
+    state = pick_state_dict(checkpoint, ema, source=str(path))
+    model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+    return model
+
+
+def convert(src: str | Path, dst: str | Path, model_name: str, ema: bool = False) -> int:
+    """Convert a released SecViT checkpoint into a safetensors file of our layout. Returns the tensor count."""
+    from secvit.models.registry import create
+
+    model = create(model_name)
+    load_weights(model, src, ema=ema)
+    state = {k: v for k, v in model.state_dict().items()}
+    atomic_save_safetensors(state, dst, metadata={"model": model_name, "source": Path(src).name, "ema": str(ema)})
+    return len(state)

@@ -1,0 +1,6 @@
+"""Model families. Importing this package registers them with timm."""
+
+from secvit.models.registry import available_models, create
+from secvit.models.secvit import VARIANTS, SecViT, checkpoint_filter_fn
+
+__all__ = ["SecViT", "VARIANTS", "available_models", "checkpoint_filter_fn", "create"]

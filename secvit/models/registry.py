@@ -1,0 +1,24 @@
+"""Model lookup with user-facing errors (timm's registry underneath)."""
+
+from __future__ import annotations
+
+import timm
+from torch import nn
+
+from secvit.errors import SecvitError
+
+FAMILIES = ("secvit_",)
+
+
+def available_models() -> list[str]:
+    """Names of the backbones this project provides."""
+    return sorted(name for family in FAMILIES for name in timm.list_models(f"{family}*"))
+
+
+def create(name: str, **kwargs) -> nn.Module:
+    """``timm.create_model`` that rejects unknown names with a one-line error listing the valid ones."""
+    if name not in timm.list_models():
+        raise SecvitError(
+            f"unknown model {name!r}; choose one of: {', '.join(available_models())} (or any timm model name)"
+        )
+    return timm.create_model(name, **kwargs)

@@ -1,0 +1,1 @@
+"""Paper numbers, result tables and figures."""
