@@ -5,13 +5,18 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
 
 from rich.console import Console
 
 from secvit.errors import SecvitError
 
 console = Console(stderr=True)
+ProfileOpt = Annotated[str, typer.Option(help="Profile section of params.yaml: smoke or paper.")]
+ParamsOpt = Annotated[Path, typer.Option(help="The params file.")]
 F = TypeVar("F", bound=Callable)
 
 

@@ -6,7 +6,7 @@ import warnings
 
 import typer
 
-from cli import models
+from cli import data, models, repro, results, train
 
 # torch 2.14 warns on every import of libraries that still call torch.jit.script.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
@@ -18,6 +18,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 models.register(app)
+train.register(app)
+data.register(app)
+results.register(app)
+repro.register(app)
 
 
 def main() -> None:

@@ -9,17 +9,27 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import console, user_errors
+from cli.common import ParamsOpt, console, user_errors
+from secvit.errors import SecvitError
 
 
 def complexity(
-    model: Annotated[str, typer.Argument(help="Registered model name, e.g. secvit_small.")],
+    model: Annotated[str | None, typer.Argument(help="Registered model name, e.g. secvit_small.")] = None,
     img_size: Annotated[int, typer.Option(help="Square input size.")] = 224,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    profile: Annotated[str | None, typer.Option(help="Stage mode: measure every model of this profile.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Parameters and FLOPs (fvcore) at 1x3xSxS."""
+    """Parameters and FLOPs (fvcore) at 1x3xSxS of MODEL, or (--profile) the complexity stage."""
     from secvit.complexity import measure
 
+    if profile is not None:
+        from pipelines.complexity import complexity_stage
+
+        console.print(f"wrote {complexity_stage(profile, params)}")
+        return
+    if model is None:
+        raise SecvitError("give a MODEL (e.g. secvit_small) or --profile smoke|paper")
     result = measure(model, img_size)
     if json_out:
         print(json.dumps(result.to_dict()))

@@ -34,6 +34,9 @@ def _sdpa_flops(inputs: list[Any], outputs: list[Any]) -> int:
     return batch * q[-2] * k[-2] * q[-1] + batch * q[-2] * k[-2] * v[-1]
 
 
+FLOP_CONVENTION = "fvcore, 1 multiply-add = 1 FLOP; gflops_no_attn excludes attention QK^T and AV (the paper's convention)"
+
+
 @dataclass
 class Complexity:
     """Complexity figures of one model at one input size."""
@@ -43,7 +46,7 @@ class Complexity:
     params: int
     gflops: float
     gflops_no_attn: float
-    flop_convention: str = "fvcore, 1 multiply-add = 1 FLOP; gflops_no_attn excludes attention QK^T and AV"
+    flop_convention: str = FLOP_CONVENTION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,39 @@
+"""`secvit repro all`: the whole study (one profile) through DVC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import console, user_errors
+
+repro_app = typer.Typer(help="Run the study through DVC.", no_args_is_help=True)
+
+
+@repro_app.command("all")
+@user_errors
+def repro_all(
+    profile: Annotated[str, typer.Option(help="smoke (CPU, generated data) or paper (the full study).")] = "smoke",
+    executor: Annotated[str, typer.Option(help="local: stages run here; slurm: stale stages become SLURM jobs.")] = "local",
+) -> None:
+    """Run every stale stage of a profile's DAG and print where the tables are."""
+    from pipelines.repro import repro_local
+
+    if executor == "local":
+        tables = repro_local(profile)
+    elif executor == "slurm":
+        from pipelines.slurm_dag import repro_slurm
+
+        tables = repro_slurm(profile)
+    else:
+        from secvit.errors import SecvitError
+
+        raise SecvitError(f"unknown executor {executor!r}; choose local or slurm")
+    plots = tables.parent / "plots"
+    console.print(f"[bold green]done[/]: tables in {tables}, figures in {plots}/")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(repro_app, name="repro")

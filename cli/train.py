@@ -1,0 +1,49 @@
+"""Training commands: pretrain, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import ParamsOpt, ProfileOpt, console, user_errors
+
+
+
+def pretrain(
+    model: Annotated[str | None, typer.Option(help="Backbone to train, e.g. secvit_tiny (default with --clusters: sweep.model).")] = None,
+    profile: ProfileOpt = "smoke",
+    params: ParamsOpt = Path("params.yaml"),
+    clusters: Annotated[str | None, typer.Option(help="Clusters per stage, e.g. 64-16-4-1 (table 7 sweep).")] = None,
+) -> None:
+    """Train a backbone on ImageNet-1K with the paper's recipe (<profile>.pretrain).
+
+    Checkpoints go to runs/<profile>/pretrain/<run>/ and training resumes from last.pth there;
+    metrics and curves go to results/<profile>/pretrain/<run>/.
+    """
+    from pipelines.pretrain import pretrain_stage
+
+    metrics = pretrain_stage(profile, model, params, clusters)
+    console.print(f"best top-1 {metrics['best_top1']:.2f} ({metrics['best_weights']} weights, epoch {metrics['best_epoch']})")
+
+
+def evaluate(
+    model: Annotated[str, typer.Option(help="Backbone, e.g. secvit_small.")],
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint: released .pth, ours, or .safetensors (default: the run's best.pth).")] = None,
+    profile: ProfileOpt = "smoke",
+    params: ParamsOpt = Path("params.yaml"),
+    data: Annotated[Path | None, typer.Option(help="ImageNet root (default: <profile>.data.imagenet).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here too.")] = None,
+) -> None:
+    """Top-1/top-5 of a checkpoint on the validation split, raw and EMA weights."""
+    from pipelines.evaluate import evaluate_stage
+
+    result = evaluate_stage(profile, model, params, checkpoint, data, out)
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
+def register(app: typer.Typer) -> None:
+    for func in (pretrain, evaluate):
+        app.command(name=func.__name__)(user_errors(func))

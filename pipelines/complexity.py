@@ -1,0 +1,62 @@
+"""Stage: params, FLOPs (both conventions) and throughput of every model of a profile,
+including the cluster settings of the table-7 sweep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import load
+from pipelines.sweep import run_name, sweep_config
+from secvit.models.secvit import VARIANTS
+
+
+@dataclass
+class ComplexityConfig:
+    models: list[str]
+    img_size: int
+    throughput_batch: int
+    throughput_steps: int
+    throughput_warmup: int
+
+
+def output(profile: str) -> Path:
+    return Path("results") / profile / "complexity.json"
+
+
+def complexity_stage(profile: str, params: Path) -> Path:
+    import torch
+
+    from secvit.complexity import FLOP_CONVENTION, measure, throughput
+    from secvit.engine.train import write_json
+
+    cfg = load(params, profile, "complexity", ComplexityConfig)
+    sweep = sweep_config(params)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    runs: list[tuple[str, tuple[int, ...] | None]] = [(m, None) for m in cfg.models]
+    runs += [(sweep.model, clusters) for clusters in sweep.parsed()]
+    rows: list[dict[str, Any]] = []
+    for model, clusters in runs:
+        kwargs = {"clusters": clusters} if clusters else {}
+        result = measure(model, cfg.img_size, **kwargs)
+        speed = None
+        if clusters is None and cfg.throughput_steps > 0:
+            speed = throughput(model, cfg.img_size, cfg.throughput_batch, cfg.throughput_steps, cfg.throughput_warmup, device=device)
+        rows.append(
+            {
+                "key": run_name(model, clusters),
+                "model": model,
+                "clusters": list(clusters or VARIANTS[model].clusters) if model in VARIANTS else None,
+                "params": result.params,
+                "gflops": round(result.gflops, 4),
+                "gflops_no_attn": round(result.gflops_no_attn, 4),
+                "throughput": round(speed, 2) if speed is not None else None,
+                "throughput_device": device_name if speed is not None else None,
+            }
+        )
+    out = output(profile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, {"img_size": cfg.img_size, "flop_convention": FLOP_CONVENTION, "throughput_batch": cfg.throughput_batch, "rows": rows})
+    return out

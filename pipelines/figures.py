@@ -1,0 +1,25 @@
+"""Stage: paper figure 4, the clusters of stages 1-3 of a trained model on one image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.pretrain import run_dir
+from pipelines.settings import load
+
+
+@dataclass
+class FiguresConfig:
+    model: str  # a pretraining run of the profile
+    image: str
+
+
+def figures_stage(profile: str, params: Path) -> Path:
+    from secvit.visualize import visualize_clusters
+
+    cfg = load(params, profile, "figures", FiguresConfig)
+    checkpoint = run_dir(profile, cfg.model) / "best.pth"
+    out = Path("results") / profile / "plots" / "clusters.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return visualize_clusters(cfg.image, cfg.model, checkpoint=checkpoint, out=out)

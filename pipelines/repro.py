@@ -1,0 +1,44 @@
+"""`secvit repro all`: run what is stale in one profile's part of the DAG, through DVC."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from secvit.errors import SecvitError
+from secvit.params import PROFILES
+
+
+def targets(profile: str) -> list[str]:
+    """The final stages of a profile; `dvc repro` runs everything upstream that is stale."""
+    return [f"tables@{profile}", f"figures@{profile}"]
+
+
+def dvc_executable() -> str:
+    """DVC from the same environment as this secvit."""
+    local = Path(sys.executable).with_name("dvc")
+    found = str(local) if local.exists() else shutil.which("dvc")
+    if not found:
+        raise SecvitError("dvc is not installed in this environment; run scripts/env.sh")
+    return found
+
+
+def check_repo(root: Path) -> None:
+    if not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir():
+        raise SecvitError(f"{root} is not the secvit DVC project (no dvc.yaml or .dvc/); run from the repository root")
+
+
+def repro_local(profile: str, root: Path = Path(".")) -> Path:
+    """`dvc repro` the profile's targets in this process's environment; returns the tables path."""
+    if profile not in PROFILES:
+        raise SecvitError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    check_repo(root)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages call this secvit
+    result = subprocess.run([dvc_executable(), "repro", *targets(profile)], cwd=root, env=env)
+    if result.returncode != 0:
+        raise SecvitError(f"dvc repro failed (exit {result.returncode}); the failing stage's output is above")
+    return root / "results" / profile / "tables.md"

@@ -1,0 +1,40 @@
+"""The table-7 sweep over the number of clusters per stage (``<profile>.sweep``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pathlib import Path
+
+from secvit.errors import SecvitError
+from secvit.params import from_section, load_params, section
+
+
+@dataclass
+class SweepConfig:
+    model: str
+    clusters: list[str]  # e.g. "64-16-4-1": clusters of stages 1-4 (1 = global attention)
+
+    def parsed(self) -> list[tuple[int, ...]]:
+        return [parse_clusters(c) for c in self.clusters]
+
+
+def parse_clusters(text: str) -> tuple[int, ...]:
+    """``"64-16-4-1"`` -> (64, 16, 4, 1), with a one-line error for anything else."""
+    try:
+        values = tuple(int(v) for v in str(text).split("-"))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or any(v < 1 for v in values):
+        raise SecvitError(f"clusters must be four positive integers like 64-16-4-1, got {text!r}")
+    return values
+
+
+def run_name(model: str, clusters: tuple[int, ...] | None) -> str:
+    """``secvit_small`` or ``secvit_small-c64-16-4-1``."""
+    return model if clusters is None else f"{model}-c{'-'.join(map(str, clusters))}"
+
+
+def sweep_config(params_path: str | Path) -> SweepConfig:
+    """The top-level ``sweep`` section, shared by both profiles."""
+    return from_section(SweepConfig, section(load_params(params_path), "sweep"), "sweep")

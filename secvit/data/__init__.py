@@ -1,0 +1,1 @@
+"""Datasets: loaders, layout checks, manifests and the generated smoke datasets."""

@@ -1,0 +1,136 @@
+"""ImageNet data loaders for the recipe, with randomness that is a pure function of
+(seed, epoch, sample or step). That makes a resumed run continue exactly where the
+interrupted one stopped, whatever the worker count or the step it died at."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.data import create_transform
+from timm.data.distributed_sampler import RepeatAugSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from secvit.data.imagenet import ImageFolderDataset
+from secvit.engine.config import PretrainConfig
+from secvit.engine.distributed import DistEnv
+
+
+def derived_seed(*parts: int) -> int:
+    """A 32-bit seed derived from integers (stable across processes and runs)."""
+    digest = hashlib.sha256(",".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class SeededDataset(Dataset):
+    """Seeds every RNG from (seed, epoch, index) before loading a sample, so its augmentation
+    does not depend on which worker loads it or what was loaded before."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        seed_everything(derived_seed(self.seed, self.epoch, index))
+        return self.dataset[index]
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index from ``rank``, no padding: exact metrics across ranks."""
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, length, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class SkipSampler(Sampler[int]):
+    """The indices of ``sampler`` for the current epoch, starting after the first ``skip``."""
+
+    def __init__(self, sampler: Sampler[int]) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(self.sampler)
+        return iter(indices[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+def train_transform(cfg: PretrainConfig):
+    return create_transform(
+        cfg.img_size,
+        is_training=True,
+        scale=tuple(cfg.train_crop_scale),
+        auto_augment=cfg.auto_augment,
+        color_jitter=cfg.color_jitter,
+        hflip=cfg.hflip,
+        interpolation=cfg.interpolation,
+        re_prob=cfg.reprob,
+        re_mode=cfg.remode,
+        re_count=cfg.recount,
+    )
+
+
+def eval_transform(img_size: int, crop_pct: float, interpolation: str):
+    """Resize the short side to img_size / crop_pct (256 for 224), centre crop img_size."""
+    return create_transform(img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct)
+
+
+def _loader(dataset: Dataset, sampler: Sampler, batch: int, workers: int, env: DistEnv, drop_last: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=env.device.type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=False,  # workers must see each epoch's SeededDataset.epoch
+    )
+
+
+def build_train_loader(root: Path, cfg: PretrainConfig, env: DistEnv, skip_log: Path | None) -> DataLoader:
+    dataset = SeededDataset(ImageFolderDataset(root, "train", transform=train_transform(cfg), skip_log=skip_log), cfg.seed)
+    if cfg.repeated_aug:
+        base = RepeatAugSampler(dataset, num_replicas=env.world_size, rank=env.rank, num_repeats=cfg.repeated_aug_repeats)
+    else:
+        base = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed)
+    return _loader(dataset, SkipSampler(base), cfg.batch_per_device, cfg.workers, env, drop_last=True)
+
+
+def build_eval_loader(
+    root: Path, img_size: int, crop_pct: float, interpolation: str, batch: int, workers: int, env: DistEnv, skip_log: Path | None = None
+) -> DataLoader:
+    dataset = ImageFolderDataset(root, "val", transform=eval_transform(img_size, crop_pct, interpolation), skip_log=skip_log)
+    sampler = ShardSampler(len(dataset), env.rank, env.world_size)
+    return _loader(dataset, sampler, batch, workers, env, drop_last=False)
+
+
+def set_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
+    """Select the epoch's sample order and augmentation; resume after ``skip_batches`` batches."""
+    loader.dataset.epoch = epoch
+    loader.sampler.set_epoch(epoch, skip_batches * loader.batch_size)
