@@ -1,0 +1,98 @@
+"""The smoke DAG through real DVC in a temporary git repository."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def scratch_repo(repo_root: Path, dest: Path) -> Path:
+    """A fresh git repository holding the project's tracked files."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=repo_root, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo_root / name, target)
+    run(dest, "git", "init", "-q")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory, repo_root):
+    """A scratch project after `secvit repro all` on a reduced smoke profile."""
+    repo = scratch_repo(repo_root, tmp_path_factory.mktemp("dag"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sweep"]["clusters"] = params["sweep"]["clusters"][:1]
+    params["smoke"]["complexity"]["models"] = ["secvit_tiny", "secvit_small"]
+    params["smoke"]["data"]["generate"]["imagenet"]["train_per_class"] = 32
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    first = run(repo, "secvit", "repro", "all")
+    return repo, first
+
+
+def test_repro_all_builds_tables_and_figures(smoke_repo):
+    repo, first = smoke_repo
+    assert "results/smoke/tables.md" in first.stdout + first.stderr
+    tables = (repo / "results/smoke/tables.md").read_text()
+    for n in range(1, 9):
+        assert f"## Table {n}:" in tables
+    assert "Profile: `smoke`" in tables
+    complexity = json.loads((repo / "results/smoke/complexity.json").read_text())
+    tiny = next(r for r in complexity["rows"] if r["key"] == "secvit_tiny")
+    assert tiny["params"] == 14_981_800
+    assert f"15 / {tiny['params'] / 1e6:.2f}" in tables  # complexity is real even in smoke
+    top1 = json.loads((repo / "results/smoke/pretrain/secvit_tiny/metrics.json").read_text())["best_top1"]
+    assert f"82.6 / {top1:.2f}" in tables
+    assert "secvit_small-c64-16-4-1" in {r["key"] for r in complexity["rows"]}
+    for png in ("top1_vs_flops", "training_curves", "clusters"):
+        assert (repo / f"results/smoke/plots/{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_does_nothing(smoke_repo):
+    repo, _ = smoke_repo
+    before = {p: p.stat().st_mtime_ns for p in (repo / "results/smoke").rglob("*") if p.is_file()}
+    again = run(repo, "secvit", "repro", "all")
+    assert "Running stage" not in again.stdout
+    assert "Data and pipelines are up to date" in again.stdout
+    assert before == {p: p.stat().st_mtime_ns for p in (repo / "results/smoke").rglob("*") if p.is_file()}
+
+
+def test_dvc_agrees_and_profiles_are_independent(smoke_repo):
+    repo, _ = smoke_repo
+    status = run(repo, "dvc", "status", "tables@smoke", "figures@smoke")
+    assert "up to date" in status.stdout
+    params = (repo / "params.yaml").read_text()
+    try:  # a change to the paper profile leaves the smoke results valid
+        edited = yaml.safe_load(params)
+        edited["paper"]["pretrain"]["epochs"] = 299
+        edited["paper"]["complexity"]["throughput_batch"] = 32
+        (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        assert "up to date" in run(repo, "dvc", "status", "tables@smoke", "figures@smoke").stdout
+        edited["smoke"]["pretrain"]["epochs"] = 3  # ...and a smoke change is seen
+        (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        changed = run(repo, "dvc", "status", "pretrain@smoke-secvit_tiny").stdout
+        assert "smoke.pretrain" in changed
+    finally:
+        (repo / "params.yaml").write_text(params)
