@@ -45,7 +45,8 @@ def smoke_repo(tmp_path_factory, repo_root):
     repo = scratch_repo(repo_root, tmp_path_factory.mktemp("dag"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sweep"]["clusters"] = params["sweep"]["clusters"][:1]
-    params["smoke"]["complexity"]["models"] = ["secvit_tiny", "secvit_small"]
+    params["smoke"]["complexity"]["models"] = ["secvit_tiny"]
+    params["smoke"]["complexity"]["throughput_steps"] = 1
     params["smoke"]["data"]["generate"]["imagenet"]["train_per_class"] = 32
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     first = run(repo, "secvit", "repro", "all")

@@ -175,3 +175,22 @@ def test_bad_dataset_layout_is_one_line(tmp_path, repo_root):
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "val" in result.stderr
     assert params["smoke"]["data"]["imagenet"] == "data/smoke/imagenet"
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_reach_the_same_global_batch(smoke, tmp_path, repo_root):
+    """torchrun with 2 CPU processes (gloo): world size 2, no accumulation, same global batch."""
+    project = _project(tmp_path / "ddp", repo_root)
+    (project / "data").symlink_to(smoke / "data")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["smoke"]["pretrain"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", SECVIT, "pretrain", "--profile", "smoke", "--model", "secvit_tiny"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(project)
+    assert metrics["world_size"] == 2 and metrics["accumulation"] == 1 and metrics["global_batch"] == 32
+    assert metrics["epochs"] == 1 and metrics["best_top1"] is not None

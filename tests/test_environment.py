@@ -1,0 +1,42 @@
+"""The pinned environment: every locked version is the installed one, and mmcv's compiled ops run."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+import pytest
+import torch
+
+
+def test_installed_versions_match_the_lockfile(repo_root):
+    pins = {}
+    for line in (repo_root / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, pinned = line.strip().partition("==")
+            pins[name] = pinned.split(";")[0].strip()
+    assert len(pins) > 50
+    wrong = []
+    for name, pinned in pins.items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            wrong.append(f"{name} missing")
+            continue
+        if installed.split("+")[0] != pinned.split("+")[0]:
+            wrong.append(f"{name} {installed} != {pinned}")
+    assert not wrong, wrong
+
+
+def test_mmcv_ops_and_openmmlab_stack():
+    import mmcv
+    import mmdet
+    import mmseg
+    from mmcv.ops import nms
+
+    assert (mmcv.__version__, mmdet.__version__, mmseg.__version__) == ("2.1.0", "3.3.0", "1.2.2")
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], dtype=torch.float32)
+    _, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), iou_threshold=0.5)
+    assert keep.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("module", ["timm", "fvcore", "dvc", "dvclive", "submitit", "pycocotools", "typer", "rich"])
+def test_stack_imports(module):
+    __import__(module)
