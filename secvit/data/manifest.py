@@ -1,8 +1,10 @@
 """Small, deterministic dataset manifests that DVC tracks instead of the image trees.
 
 A manifest holds the counts a layout check produced, the number of files, their total
-size and a SHA-256 over the sorted ``relative_path<TAB>size`` lines of every file:
-adding, removing or resizing any file changes it; nothing is read but directory entries.
+size and a SHA-256 (``listing_sha256``) over the sorted ``relative_path<TAB>size<LF>``
+lines of every file (paths relative to the root, ``/``-separated, UTF-8): adding,
+removing, renaming or resizing any file changes it; nothing is read but directory
+entries and ``stat`` (a same-size in-place edit is not detected).
 """
 
 from __future__ import annotations
@@ -11,51 +13,95 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from secvit.data.layout import DatasetCounts
+from secvit.errors import SecvitError
+
+MANIFEST_KEYS = ("bytes", "counts", "files", "kind", "listing_sha256", "root")
 
 
-def _walk(root: Path) -> list[tuple[str, int]]:
-    files: list[tuple[str, int]] = []
-    stack = [root]
+def tree_fingerprint(root: str | os.PathLike, exclude: set[str] | None = None) -> tuple[int, int, str]:
+    """``(files, total_bytes, listing_sha256)`` of the tree under ``root``.
+
+    Symlinked files and folders are followed (a folder cycle is visited once); ``exclude``
+    holds absolute paths to leave out (e.g. a manifest written inside the tree).
+    """
+    exclude = exclude or set()
+    lines: list[str] = []
+    total = 0
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[str, str]] = [(os.path.abspath(root), "")]
     while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=True):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=True):
-                    files.append((os.path.relpath(entry.path, root), entry.stat().st_size))
-    return sorted(files)
-
-
-def manifest_of(root: str | os.PathLike, kind: str, counts: DatasetCounts) -> dict[str, Any]:
-    root = Path(root)  # as configured: a relative root keeps the manifest independent of the checkout's location
-    files = _walk(root)
+        path, rel = stack.pop()
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        with os.scandir(path) as it:
+            for entry in it:
+                if entry.path in exclude:
+                    continue
+                if entry.is_dir():
+                    stack.append((entry.path, f"{rel}{entry.name}/"))
+                elif entry.is_file():
+                    size = entry.stat().st_size
+                    total += size
+                    lines.append(f"{rel}{entry.name}\t{size}\n")
+    lines.sort()
     digest = hashlib.sha256()
-    for path, size in files:
-        digest.update(f"{path}\t{size}\n".encode())
+    for line in lines:
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return len(lines), total, digest.hexdigest()
+
+
+def manifest_of(
+    root: str | os.PathLike, kind: str, counts: DatasetCounts | Mapping[str, Any], exclude: set[str] | None = None
+) -> dict[str, Any]:
+    """The manifest dict of the dataset at ``root`` (nothing written)."""
+    path = Path(root)
+    if not path.is_dir():
+        raise SecvitError(f"cannot write a manifest for {path}: not a directory; pass the dataset root")
+    files, size, sha = tree_fingerprint(path, exclude)
     return {
         "kind": kind,
-        "root": str(root),
-        "counts": counts.to_dict(),
-        "files": len(files),
-        "bytes": sum(size for _, size in files),
-        "listing_sha256": digest.hexdigest(),
+        # As configured: a relative root keeps the manifest independent of the checkout's location.
+        "root": str(path),
+        "counts": counts.to_dict() if isinstance(counts, DatasetCounts) else dict(counts),
+        "files": files,
+        "bytes": size,
+        "listing_sha256": sha,
     }
 
 
-def write_manifest(root: str | os.PathLike, kind: str, counts: DatasetCounts, out_path: str | os.PathLike) -> dict[str, Any]:
-    """Write the manifest (sorted keys, no timestamps: unchanged data gives identical bytes)."""
-    data = manifest_of(root, kind, counts)
+def write_manifest(
+    root: str | os.PathLike, kind: str, counts: DatasetCounts | Mapping[str, Any], out_path: str | os.PathLike
+) -> dict[str, Any]:
+    """Write (and return) the manifest: sorted keys, no timestamps, so unchanged data gives identical bytes.
+
+    The file is rewritten only when its content changes (its mtime stays too).
+    """
     out = Path(out_path)
+    data = manifest_of(root, kind, counts, exclude={os.path.abspath(out)})
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    if out.is_file() and out.read_text(encoding="utf-8") == text:
+        return data
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
     return data
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    """Read a manifest written by :func:`write_manifest`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SecvitError(f"dataset manifest {path} does not exist; run `secvit data` first") from None
+    except (OSError, ValueError) as e:
+        raise SecvitError(f"dataset manifest {path} cannot be read ({type(e).__name__}); delete it and rerun `secvit data`") from None
+    if not isinstance(data, dict) or not set(MANIFEST_KEYS) <= set(data):
+        raise SecvitError(f"{path} is not a dataset manifest (needs {', '.join(MANIFEST_KEYS)}); delete it and rerun `secvit data`")
+    return data
