@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from cli.common import ParamsOpt, console, user_errors
+from cli.train import ExecutorOpt
 from secvit.errors import SecvitError
 
 
@@ -19,10 +20,17 @@ def complexity(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     profile: Annotated[str | None, typer.Option(help="Stage mode: measure every model of this profile.")] = None,
     params: ParamsOpt = Path("params.yaml"),
+    executor: ExecutorOpt = "local",
 ) -> None:
     """Parameters and FLOPs (fvcore) at 1x3xSxS of MODEL, or (--profile) the complexity stage."""
     from secvit.complexity import measure
+    from secvit.slurm import run_on_slurm, use_slurm
 
+    if use_slurm(executor):
+        if profile is None:
+            raise SecvitError("--executor slurm runs the complexity stage only; add --profile smoke|paper")
+        run_on_slurm("complexity", {"profile": profile, "params": params}, profile, params)
+        return
     if profile is not None:
         from pipelines.complexity import complexity_stage
 

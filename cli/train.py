@@ -10,6 +10,9 @@ import typer
 
 from cli.common import ParamsOpt, ProfileOpt, console, user_errors
 
+ExecutorOpt = Annotated[
+    str, typer.Option(help="local: run here; slurm: run as a SLURM job (slurm section of params.yaml) and wait for it.")
+]
 
 
 def pretrain(
@@ -17,6 +20,7 @@ def pretrain(
     profile: ProfileOpt = "smoke",
     params: ParamsOpt = Path("params.yaml"),
     clusters: Annotated[str | None, typer.Option(help="Clusters per stage, e.g. 64-16-4-1 (table 7 sweep).")] = None,
+    executor: ExecutorOpt = "local",
 ) -> None:
     """Train a backbone on ImageNet-1K with the paper's recipe (<profile>.pretrain).
 
@@ -24,7 +28,11 @@ def pretrain(
     metrics and curves go to results/<profile>/pretrain/<run>/.
     """
     from pipelines.pretrain import pretrain_stage
+    from secvit.slurm import run_on_slurm, use_slurm
 
+    if use_slurm(executor):
+        run_on_slurm("pretrain", {"profile": profile, "model": model, "clusters": clusters, "params": params}, profile, params)
+        return
     metrics = pretrain_stage(profile, model, params, clusters)
     console.print(f"best top-1 {metrics['best_top1']:.2f} ({metrics['best_weights']} weights, epoch {metrics['best_epoch']})")
 
@@ -36,9 +44,16 @@ def evaluate(
     params: ParamsOpt = Path("params.yaml"),
     data: Annotated[Path | None, typer.Option(help="ImageNet root (default: <profile>.data.imagenet).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here too.")] = None,
+    executor: ExecutorOpt = "local",
 ) -> None:
     """Top-1/top-5 of a checkpoint on the validation split, raw and EMA weights."""
     from pipelines.evaluate import evaluate_stage
+    from secvit.slurm import run_on_slurm, use_slurm
+
+    if use_slurm(executor):
+        options = {"profile": profile, "model": model, "checkpoint": checkpoint, "data": data, "out": out, "params": params}
+        run_on_slurm("evaluate", options, profile, params)
+        return
 
     result = evaluate_stage(profile, model, params, checkpoint, data, out)
     print(json.dumps(result, indent=2, sort_keys=True))

@@ -1,0 +1,402 @@
+"""Run stage commands as SLURM jobs with submitit.
+
+One job per stage: a :class:`StageJob` runs the stage's ``secvit ...`` command in the
+repository and, when SLURM preempts or times it out, is requeued to run the same
+command again; training then resumes from ``last.pth`` in its run directory.
+Job settings come from the ``slurm:`` section of params.yaml (:class:`SlurmConfig`),
+which no DVC stage tracks, so changing the cluster never invalidates results.
+
+Job states are read with ``scontrol``/``squeue`` (:func:`job_state`), not with sacct,
+which needs SLURM accounting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from secvit.errors import SecvitError
+from secvit.params import from_section, load_params, section
+
+console = Console(stderr=True)
+
+KINDS = ("data", "pretrain", "evaluate", "complexity", "tables", "figures")
+STATES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "REQUEUED", "UNKNOWN")
+ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "PREEMPTED"})  # PREEMPTED jobs come back requeued
+# scontrol/squeue states -> ours
+_STATE_MAP = {
+    "CONFIGURING": "RUNNING", "COMPLETING": "RUNNING", "SIGNALING": "RUNNING", "STAGE_OUT": "RUNNING",
+    "RESIZING": "RUNNING", "SUSPENDED": "PENDING", "STOPPED": "PENDING", "RESV_DEL_HOLD": "PENDING",
+    "REQUEUE_FED": "REQUEUED", "REQUEUE_HOLD": "REQUEUED", "SPECIAL_EXIT": "REQUEUED",
+    "NODE_FAIL": "FAILED", "BOOT_FAIL": "FAILED", "OUT_OF_MEMORY": "FAILED", "DEADLINE": "TIMEOUT",
+    "REVOKED": "CANCELLED",
+}
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class SlurmConfig:
+    """The ``slurm:`` section of params.yaml; ``stages`` overrides settings per stage kind."""
+
+    partition: str | None
+    account: str | None
+    qos: str | None
+    nodes: int
+    gpus_per_node: int
+    cpus_per_task: int
+    mem_gb: float
+    timeout_min: int
+    signal_delay_s: int
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+    folder: str = "runs/slurm"
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        minimum = {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 0.1, "timeout_min": 1, "signal_delay_s": 0}
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise SecvitError(f"setting '{where}.{name}' must be at least {low:g}, got {getattr(self, name)}")
+        unknown = sorted(set(self.stages) - set(KINDS))
+        if unknown:
+            raise SecvitError(f"unknown stage kind '{where}.stages.{unknown[0]}'; valid kinds: {', '.join(KINDS)}")
+        for kind in self.stages:
+            self.for_kind(kind)  # a misspelled or mistyped override is an error now, not at submission
+
+    def for_kind(self, kind: str) -> SlurmConfig:
+        """These settings with ``stages[kind]`` applied on top (type-checked like the defaults)."""
+        override = self.stages.get(kind) or {}
+        if not isinstance(override, dict):
+            raise SecvitError(f"slurm.stages.{kind} must be a mapping of settings")
+        fixed = {"stages", "folder"} & set(override)
+        if fixed:
+            raise SecvitError(f"'slurm.stages.{kind}.{sorted(fixed)[0]}' cannot be set per stage kind")
+        merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | override | {"stages": {}}
+        return from_section(SlurmConfig, merged, f"slurm.stages.{kind}")
+
+    def tasks_per_node(self) -> int:
+        """One task per GPU; one task on CPU-only jobs."""
+        return self.gpus_per_node or 1
+
+
+def load_slurm_config(params: str | Path = "params.yaml") -> SlurmConfig:
+    """The validated ``slurm`` section of the params file."""
+    return from_section(SlurmConfig, section(load_params(params), "slurm", str(params)), "slurm")
+
+
+def stage_kind(stage: str) -> str:
+    """Resource kind of a DVC stage name: ``data-smoke@coco`` -> data, ``sweep@...`` -> pretrain."""
+    base = stage.split("@", 1)[0].split("-", 1)[0]
+    return "pretrain" if base == "sweep" else base
+
+
+def require_slurm() -> None:
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise SecvitError("SLURM is not available here (no sbatch/srun on PATH); use --executor local")
+
+
+def make_executor(cfg: SlurmConfig, name: str, kind: str, folder: str | Path | None = None, dependencies: Iterable[str] = ()):
+    """A submitit executor for one stage job of ``kind`` (settings of ``cfg.for_kind(kind)``).
+
+    ``folder`` holds the job's pickles and logs (default ``cfg.folder/%j``); ``dependencies``
+    are job ids that must complete successfully first (``--dependency=afterok:...``).
+    """
+    import submitit
+
+    require_slurm()
+    res = cfg.for_kind(kind)
+    extra = dict(res.additional_parameters)
+    deps = [str(d) for d in dependencies]
+    if deps:
+        own = f"afterok:{':'.join(deps)}"
+        extra["dependency"] = f"{extra['dependency']},{own}" if extra.get("dependency") else own
+    executor = submitit.AutoExecutor(folder=str(folder or Path(cfg.folder) / "%j"), cluster="slurm")
+    params: dict[str, Any] = {
+        "name": name,
+        "nodes": res.nodes,
+        "tasks_per_node": res.tasks_per_node(),
+        "cpus_per_task": res.cpus_per_task,
+        "mem_gb": res.mem_gb,
+        "timeout_min": res.timeout_min,
+        "slurm_signal_delay_s": res.signal_delay_s,
+        "slurm_srun_args": [f"--cpus-per-task={res.cpus_per_task}"],  # srun no longer inherits it (SLURM >= 22.05)
+        "slurm_additional_parameters": extra,
+        "slurm_setup": list(res.setup),
+    }
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    for key in ("partition", "account", "qos"):
+        if getattr(res, key) is not None:
+            params[f"slurm_{key}"] = getattr(res, key)
+    executor.update_parameters(**params)
+    return executor
+
+
+def _ignore_usr2() -> None:
+    """In the stage process: leave SLURM's pre-timeout USR2 to submitit in the parent."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+class StageJob:
+    """A stage command run inside a SLURM job; requeued (not resumed from a pickle) on preemption."""
+
+    def __call__(self, argv: list[str], workdir: str) -> int:
+        env = self._environment()
+        exe = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+        print(f"[secvit] running in {workdir}: {shlex.join(argv)}", flush=True)
+        result = subprocess.run([exe, *argv[1:]], cwd=workdir, env=env, preexec_fn=_ignore_usr2)
+        if result.returncode == -signal.SIGTERM:
+            self._wait_to_be_killed()
+        if result.returncode != 0:
+            raise RuntimeError(f"`{shlex.join(argv)}` exited with status {result.returncode} in {workdir}")
+        return 0
+
+    def checkpoint(self, argv: list[str], workdir: str):
+        """On preemption or time-out: run the same command again in a fresh job (it resumes itself)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(StageJob(), argv, workdir)
+
+    @staticmethod
+    def _environment() -> dict[str, str]:
+        """This job's environment, with torch.distributed set from SLURM for multi-task jobs."""
+        import submitit
+
+        tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+        if tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        else:
+            for name in DIST_VARS:
+                os.environ.pop(name, None)
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONUNBUFFERED"] = "1"
+        if "SLURM_CPUS_PER_TASK" in env:
+            env.setdefault("OMP_NUM_THREADS", env["SLURM_CPUS_PER_TASK"])
+        return env
+
+    @staticmethod
+    def _wait_to_be_killed(seconds: float = 120.0) -> None:
+        """The stage got SIGTERM: SLURM is cancelling or requeueing this job and kills us next.
+        Waiting keeps submitit from recording a failure for a job that will run again."""
+        print("[secvit] stage command terminated (SIGTERM); waiting for SLURM to end this job", flush=True)
+        time.sleep(seconds)
+
+
+# ---- job states and logs
+
+
+def job_info(job_id: str) -> dict[str, str]:
+    """``scontrol show job -o`` as a dict (empty when SLURM no longer knows the job)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {}
+    return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
+
+
+def _squeue_state(job_id: str) -> str | None:
+    out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True)
+    lines = out.stdout.split() if out.returncode == 0 else []
+    return lines[0] if lines else None
+
+
+def map_state(raw: str | None) -> str:
+    """A SLURM state name (``CANCELLED+``, ``NODE_FAIL``, ...) as one of :data:`STATES`."""
+    if not raw:
+        return "UNKNOWN"
+    name = raw.split()[0].rstrip("+").upper()
+    return name if name in STATES else _STATE_MAP.get(name, "UNKNOWN")
+
+
+def job_state(job_id: str) -> str:
+    """PENDING/RUNNING/COMPLETED/FAILED/CANCELLED/TIMEOUT/PREEMPTED/REQUEUED or UNKNOWN."""
+    info = job_info(job_id)
+    return map_state(info.get("JobState") if info else _squeue_state(job_id))
+
+
+def job_for(folder: str | Path, job_id: str):
+    """The submitit job ``job_id`` whose files are in ``folder`` (may contain ``%j``)."""
+    import submitit
+
+    return submitit.SlurmJob(folder=str(folder), job_id=str(job_id))
+
+
+def result_state(job) -> str:
+    """COMPLETED/FAILED from the job's result pickle, UNKNOWN if it has none."""
+    path = Path(job.paths.result_pickle)
+    if not path.exists():
+        return "UNKNOWN"
+    try:
+        with path.open("rb") as f:
+            outcome = pickle.load(f)[0]
+    except Exception:
+        return "UNKNOWN"
+    return "COMPLETED" if outcome == "success" else "FAILED"
+
+
+def current_state(job) -> str:
+    """State from SLURM, or from the result pickle once SLURM has forgotten the job."""
+    state = job_state(job.job_id)
+    return result_state(job) if state == "UNKNOWN" else state
+
+
+def log_tail(job, n: int = 30) -> str:
+    """The last ``n`` lines of the job's stdout and stderr logs (task 0); stderr, with the
+    stage's error, comes last."""
+    parts = []
+    for label, path in (("stdout", job.paths.stdout), ("stderr", job.paths.stderr)):
+        path = Path(path)
+        if not path.exists():
+            continue
+        lines = path.read_text(errors="replace").splitlines()[-n:]
+        if lines:
+            parts.append(f"----- {label} of job {job.job_id}: {path} (last {len(lines)} lines)\n" + "\n".join(lines))
+    return "\n".join(parts) or f"(no log yet for job {job.job_id} in {Path(job.paths.stdout).parent})"
+
+
+def cancel(job_ids: Iterable[str]) -> None:
+    ids = [str(j) for j in job_ids]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True)
+
+
+# ---- live view
+
+LOST_AFTER_S = 60.0  # a job SLURM no longer lists and that left no result is given up after this
+
+
+@dataclass
+class Tracked:
+    """One stage job being watched."""
+
+    stage: str
+    job: Any  # submitit.SlurmJob
+    state: str = "PENDING"
+    elapsed: str = ""
+    note: str = ""
+    restarts: int = 0
+    unknown_since: float | None = None
+
+    def refresh(self) -> str:
+        """Read the state (and run time, restarts) from SLURM, or the result once SLURM forgot the job."""
+        info = job_info(self.job.job_id)
+        self.state = map_state(info.get("JobState") if info else _squeue_state(self.job.job_id))
+        if self.state == "UNKNOWN":
+            self.state = result_state(self.job)
+        self.elapsed = info.get("RunTime", self.elapsed) if info else self.elapsed
+        self.restarts = int(info.get("Restarts") or 0) if info else self.restarts
+        return self.state
+
+    def finished(self) -> bool:
+        """Refresh; True once the job has ended. A job that SLURM forgot without leaving a
+        result counts as FAILED after :data:`LOST_AFTER_S`."""
+        if self.refresh() != "UNKNOWN":
+            self.unknown_since = None
+            return self.state not in ACTIVE
+        self.unknown_since = self.unknown_since or time.monotonic()
+        if time.monotonic() - self.unknown_since < LOST_AFTER_S:
+            return False
+        self.state, self.note = "FAILED", "lost: SLURM forgot the job and it left no result"
+        return True
+
+
+def jobs_table(rows: list[Tracked], title: str):
+    from rich.table import Table
+
+    colors = {"COMPLETED": "green", "RUNNING": "cyan", "FAILED": "red", "CANCELLED": "red", "TIMEOUT": "red"}
+    table = Table(title=title)
+    for col in ("stage", "job id", "state", "elapsed", "note"):
+        table.add_column(col)
+    for row in rows:
+        color = colors.get(row.state, "yellow")
+        note = " ".join(filter(None, [row.note, f"requeued x{row.restarts}" if row.restarts else ""]))
+        table.add_row(row.stage, str(row.job.job_id), f"[{color}]{row.state}[/]", row.elapsed, note)
+    return table
+
+
+def watch(rows: list[Tracked], title: str, step: Callable[[list[Tracked]], bool], poll_s: float = 5.0) -> None:
+    """Show ``rows`` in a live table, calling ``step(rows)`` every ``poll_s`` seconds until it returns True."""
+    from rich.live import Live
+
+    with Live(jobs_table(rows, title), console=console, refresh_per_second=2) as live:
+        while True:
+            done = step(rows)
+            live.update(jobs_table(rows, title))
+            if done:
+                return
+            time.sleep(poll_s)
+
+
+# ---- one stage command through SLURM (`secvit pretrain ... --executor slurm`)
+
+
+def use_slurm(executor: str) -> bool:
+    """True for ``--executor slurm``, False for ``local``; anything else is an error."""
+    if executor not in ("local", "slurm"):
+        raise SecvitError(f"unknown executor {executor!r}; choose local or slurm")
+    return executor == "slurm"
+
+
+def stage_argv(command: str, options: dict[str, Any]) -> list[str]:
+    """``secvit <command> --key value ...`` for the options that are set."""
+    argv = ["secvit", command]
+    for key, value in options.items():
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
+def submit(argv: list[str], workdir: Path, cfg: SlurmConfig, name: str, kind: str, folder: Path, dependencies: Iterable[str] = ()):
+    """Submit ``argv`` (run in ``workdir``) as one SLURM job; returns the submitit job."""
+    executor = make_executor(cfg, name, kind, folder, dependencies)
+    try:
+        return executor.submit(StageJob(), list(argv), str(workdir))
+    except Exception as e:  # sbatch refused the job: unknown partition, account, ...
+        lines = str(e).strip().splitlines()
+        raise SecvitError(f"sbatch refused job {name}: {lines[-1] if lines else type(e).__name__}") from None
+
+
+def run_on_slurm(command: str, options: dict[str, Any], profile: str, params: Path, kind: str | None = None, poll_s: float = 5.0) -> str:
+    """Run ``secvit <command> <options>`` in this directory as a SLURM job, show its state live, wait.
+
+    Returns the job id. If the job does not complete, prints its log tail to stderr and
+    raises :class:`SecvitError` naming the job and its state.
+    """
+    cfg = load_slurm_config(params)
+    argv = stage_argv(command, options)
+    name = "-".join(["secvit", command, profile, *(str(options[k]) for k in ("model", "clusters") if options.get(k))])
+    job = submit(argv, Path.cwd(), cfg, name, kind or command, Path(cfg.folder) / profile / "%j")
+    console.print(f"submitted SLURM job {job.job_id}: {shlex.join(argv)}\nlogs: {job.paths.stdout} and .err")
+    row = Tracked(command, job)
+    try:
+        watch([row], f"secvit {command} on SLURM", lambda rows: rows[0].finished(), poll_s)
+    except KeyboardInterrupt:
+        raise SecvitError(f"interrupted; SLURM job {job.job_id} keeps running (scancel {job.job_id} stops it)") from None
+    if row.state != "COMPLETED":
+        print(log_tail(job), file=sys.stderr)
+        raise SecvitError(f"SLURM job {job.job_id} ({name}) ended {row.state}; the end of its log is above")
+    console.print(f"SLURM job {job.job_id} completed (run time {row.elapsed})")
+    return str(job.job_id)
+
+
+def dump_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic JSON write (for the re-attach state file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,353 @@
+"""SLURM dispatch on the real local cluster (slurm/cluster.sh): stage jobs, requeue, DAG, failures.
+
+Each test works in its own scratch git copy of the project, with the submitit job folder
+(runs/slurm/) inside it and a reduced smoke profile so a job takes well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """Skip unless the SLURM client tools are installed and the local cluster is up."""
+    if shutil.which("sinfo") is None:
+        pytest.skip("SLURM client tools (sinfo) are not installed; run slurm/cluster.sh start")
+    status = subprocess.run([str(ROOT / "slurm/cluster.sh"), "status"], capture_output=True, text=True)
+    if status.returncode != 0:
+        pytest.skip("the local SLURM cluster is not up; run slurm/cluster.sh start")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def run(cwd: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def scratch_copy(dest: Path, params: dict[str, Any] | None = None) -> Path:
+    """A fresh git repository holding the working tree's project files (tracked and new),
+    with ``params`` (dotted keys) changed in its params.yaml."""
+    listed = run(ROOT, "git", "ls-files", "-z", "--cached", "--others", "--exclude-standard").stdout.split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    if params:
+        data = yaml.safe_load((dest / "params.yaml").read_text())
+        for dotted, value in params.items():
+            *parents, key = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node[key] = value
+        (dest / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    run(dest, "git", "init", "-q")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch")  # DVCLive needs a commit
+    return dest
+
+
+SMALL = {"smoke.data.generate.imagenet.train_per_class": 32, "smoke.data.generate.imagenet.val_per_class": 8}
+
+
+@pytest.fixture
+def scratch(tmp_path) -> Any:
+    """Factory of scratch projects under this test's tmp dir: ``scratch(name, params)``.
+    Jobs of these projects that are still queued or running at the end are cancelled."""
+    made: list[Path] = []
+
+    def make(name: str = "repo", params: dict[str, Any] | None = None) -> Path:
+        made.append(scratch_copy(tmp_path / name, {**SMALL, **(params or {})}))
+        return made[-1]
+
+    yield make
+    leftover = [job for repo in made for job in job_ids(repo)]
+    if leftover:
+        subprocess.run(["scancel", *leftover], capture_output=True)
+
+
+def job_fields(job_id: str) -> dict[str, str]:
+    out = run(ROOT, "scontrol", "show", "job", "-o", str(job_id)).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def job_ids(repo: Path, profile: str = "smoke") -> list[str]:
+    """Ids of the jobs whose folders exist under the scratch project's job folder."""
+    folder = repo / "runs/slurm" / profile
+    return sorted((p.name for p in folder.glob("[0-9]*") if p.is_dir()), key=int) if folder.exists() else []
+
+
+def wait_for(predicate, timeout: float, what: str, step: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def metrics(repo: Path, run_name: str = "secvit_tiny") -> dict[str, Any]:
+    return json.loads((repo / "results/smoke/pretrain" / run_name / "metrics.json").read_text())
+
+
+# ---- a) one stage command through --executor slurm
+
+
+def test_pretrain_and_evaluate_with_slurm_executor(scratch):
+    repo = scratch()
+    run(repo, "secvit", "data", "--profile", "smoke", "--dataset", "imagenet")
+    result = run(repo, "secvit", "pretrain", "--profile", "smoke", "--model", "secvit_tiny", "--executor", "slurm")
+    out = result.stdout + result.stderr
+    job = re.search(r"submitted SLURM job (\d+)", out).group(1)
+    assert f"SLURM job {job} completed" in out
+    assert job_fields(job)["JobState"] == "COMPLETED"
+    found = metrics(repo)
+    assert found["epochs"] == 2 and found["world_size"] == 1 and 0 <= found["best_top1"] <= 100
+    assert (repo / "runs/smoke/pretrain/secvit_tiny/last.pth").is_file()
+    log = (repo / f"runs/slurm/smoke/{job}/{job}_0_log.out").read_text()
+    assert "secvit pretrain --profile smoke --model secvit_tiny" in log and "Job completed successfully" in log
+
+    run(repo, "secvit", "evaluate", "--profile", "smoke", "--model", "secvit_tiny", "--executor", "slurm")
+    evaluated = json.loads((repo / "results/smoke/pretrain/secvit_tiny/eval.json").read_text())
+    assert evaluated["top1"] == found["final_top1"]
+
+
+# ---- b) requeued mid-epoch: resumes and ends bit-identical
+
+
+def _mid_epoch(last: Path) -> tuple[int, int] | None:
+    """(epoch, batch) of a checkpoint saved inside an epoch, else None."""
+    if not last.exists():
+        return None
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception:  # replaced while reading
+        return None
+    return (state["epoch"], state["batch"]) if state["batch"] > 0 else None
+
+
+def test_requeued_job_resumes_to_identical_result(scratch):
+    params = {"smoke.data.generate.imagenet.train_per_class": 48, "smoke.pretrain.checkpoint_every_steps": 3}
+    ref, req = scratch("reference", params), scratch("requeued", params)
+    run(ref, "secvit", "data", "--profile", "smoke", "--dataset", "imagenet")
+    shutil.copytree(ref / "data", req / "data")
+    shutil.copytree(ref / "results", req / "results")
+
+    from secvit.slurm import job_state, load_slurm_config, log_tail, stage_argv, submit
+
+    argv = stage_argv("pretrain", {"profile": "smoke", "model": "secvit_tiny"})
+    reference = submit(argv, ref, load_slurm_config(ref / "params.yaml"), "reference", "pretrain", ref / "runs/slurm/smoke/%j")
+    cli = subprocess.Popen(
+        ["secvit", "pretrain", "--profile", "smoke", "--model", "secvit_tiny", "--executor", "slurm"],
+        cwd=req, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        job = wait_for(lambda: job_ids(req)[-1:], 60, "the CLI's job")[0]
+        wait_for(lambda: _mid_epoch(req / "runs/smoke/pretrain/secvit_tiny/last.pth"), 150, "a mid-epoch checkpoint")
+        assert job_state(job) == "RUNNING"
+        run(req, "scontrol", "requeue", job)
+        out, _ = cli.communicate(timeout=240)
+    finally:
+        cli.kill()
+    assert cli.returncode == 0, out[-3000:]
+    assert int(job_fields(job)["Restarts"]) == 1 and "requeued x1" in out
+    log = (req / f"runs/slurm/smoke/{job}/{job}_0_log.err").read_text()
+    assert re.search(r"resuming secvit_tiny from\s", log), log[-2000:]
+    assert re.search(r"epoch \d+, batch\s+\d+", log.split("resuming secvit_tiny", 1)[1])
+
+    wait_for(lambda: job_state(reference.job_id) not in {"PENDING", "RUNNING"}, 180, "the reference job", step=1)
+    assert job_state(reference.job_id) == "COMPLETED", log_tail(reference)
+    a, b = metrics(ref), metrics(req)
+    for key in ("epochs", "best_top1", "best_epoch", "final_top1", "final_top1_ema", "train_loss"):
+        assert a[key] == b[key], key
+    last_a = torch.load(ref / "runs/smoke/pretrain/secvit_tiny/last.pth", map_location="cpu", weights_only=False)
+    last_b = torch.load(req / "runs/smoke/pretrain/secvit_tiny/last.pth", map_location="cpu", weights_only=False)
+    for part in ("model", "model_ema"):
+        assert last_a[part].keys() == last_b[part].keys()
+        assert all(torch.equal(last_a[part][k], last_b[part][k]) for k in last_a[part]), part
+
+
+def test_usr2_before_time_limit_checkpoints_and_requeues(tmp_path):
+    """The time-limit path: USR2 reaches submitit (not the stage), which calls StageJob.checkpoint,
+    requeues the job, and the requeued job runs the stage command again."""
+    from secvit.slurm import cancel, job_state, load_slurm_config, log_tail, submit
+
+    stage = "import pathlib, time; p = pathlib.Path('starts'); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); time.sleep(10)"
+    job = submit([sys.executable, "-c", stage], tmp_path, load_slurm_config(ROOT / "params.yaml"), "usr2", "data", tmp_path / "jobs/%j")
+    try:
+        wait_for(lambda: (tmp_path / "starts").exists(), 60, "the stage to start")
+        run(tmp_path, "scancel", "--signal=USR2", job.job_id)
+        wait_for(lambda: job_state(job.job_id) not in {"PENDING", "RUNNING", "REQUEUED"}, 150, "the requeued job", step=1)
+    finally:
+        cancel([job.job_id])  # no-op once it completed
+    assert job_state(job.job_id) == "COMPLETED", log_tail(job)
+    assert (tmp_path / "starts").read_text() == "xx"  # the stage ran again after the requeue
+    assert int(job_fields(job.job_id)["Restarts"]) == 1
+    log = Path(job.paths.stdout).read_text()
+    assert "Calling checkpoint method" in log and "Job completed successfully" in log
+
+
+# ---- c) the DAG: parallel jobs, dependencies, DVC commits, re-attach
+
+
+DAG_TARGETS = ["data-smoke@coco", "data-smoke@ade20k", "evaluate@smoke-secvit_tiny"]
+DAG_STAGES = {"data-smoke@coco", "data-smoke@ade20k", "data-smoke@imagenet", "pretrain@smoke-secvit_tiny", "evaluate@smoke-secvit_tiny"}
+
+
+def node_cpus() -> int:
+    return int(run(ROOT, "sinfo", "-h", "-o", "%c").stdout.split()[0])
+
+
+def dvc_status(repo: Path, targets: list[str]) -> dict[str, Any]:
+    """``dvc status --with-deps --json``: the changed stages among targets and upstream."""
+    return json.loads(run(repo, "dvc", "status", "--with-deps", "--json", *targets).stdout)
+
+
+def _interval(job_id: str) -> tuple[float, float]:
+    fields = job_fields(job_id)
+    parse = lambda s: time.mktime(time.strptime(s, "%Y-%m-%dT%H:%M:%S"))  # noqa: E731
+    return parse(fields["StartTime"]), parse(fields["EndTime"])
+
+
+def test_dag_runs_stale_stages_in_parallel_and_commits_them(scratch):
+    repo = scratch()
+    from pipelines.slurm_dag import repro_slurm, stale_stages
+
+    assert {p.name for p in stale_stages(repo, DAG_TARGETS)} == DAG_STAGES == set(dvc_status(repo, DAG_TARGETS))
+    # Submit from a first orchestrator, interrupt it once every job is queued, then re-attach.
+    script = f"from pathlib import Path; from pipelines.slurm_dag import repro_slurm; repro_slurm('smoke', Path('.'), {DAG_TARGETS!r}, 1.0)"
+    first = subprocess.Popen([sys.executable, "-c", script], cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    jobs_file = repo / "runs/slurm/smoke/jobs.json"
+    try:
+        wait_for(lambda: jobs_file.exists() and len(json.loads(jobs_file.read_text())["stages"]) == 5, 120, "five submitted jobs")
+        time.sleep(2)  # into the wait loop
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode != 0 and "re-attach" in out, out[-2000:]
+    submitted = {name: rec["job_id"] for name, rec in json.loads(jobs_file.read_text())["stages"].items()}
+
+    tables = repro_slurm("smoke", repo, DAG_TARGETS, poll_s=1.0)
+    assert tables == repo.resolve() / "results/smoke/tables.md"
+    recorded = json.loads(jobs_file.read_text())["stages"]
+    assert {n: r["job_id"] for n, r in recorded.items()} == submitted  # re-attached, nothing submitted twice
+    assert all(r["committed"] for r in recorded.values())
+    assert job_ids(repo) == sorted(submitted.values(), key=int)
+
+    spans = {name: _interval(job) for name, job in submitted.items()}
+    overlapping = [(a, b) for a in spans for b in spans if a < b and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]]
+    if node_cpus() >= 2:  # 1-CPU jobs: two fit on the node at once
+        assert overlapping, spans  # two independent stages ran at the same time
+    assert spans["pretrain@smoke-secvit_tiny"][0] >= spans["data-smoke@imagenet"][1]  # afterok
+    assert spans["evaluate@smoke-secvit_tiny"][0] >= spans["pretrain@smoke-secvit_tiny"][1]
+    script = (repo / f"runs/slurm/smoke/{submitted['evaluate@smoke-secvit_tiny']}").glob("*_submission.sh")
+    assert f"--dependency=afterok:{submitted['pretrain@smoke-secvit_tiny']}" in next(script).read_text()
+
+    for args in (DAG_TARGETS, ["--with-deps", *DAG_TARGETS]):
+        status = run(repo, "dvc", "status", *args)
+        assert "up to date" in status.stdout, status.stdout
+    assert stale_stages(repo, DAG_TARGETS) == [] and dvc_status(repo, DAG_TARGETS) == {}
+    assert (repo / "results/smoke/pretrain/secvit_tiny/eval.json").is_file()
+
+    # A changed upstream stage makes everything downstream stale (dvc status lists only the changed one).
+    params = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(params.replace("train_per_class: 32", "train_per_class: 16", 1))
+    assert set(dvc_status(repo, DAG_TARGETS)) == {"data-smoke@imagenet"}
+    assert [p.name for p in stale_stages(repo, DAG_TARGETS)] == ["data-smoke@imagenet", "pretrain@smoke-secvit_tiny", "evaluate@smoke-secvit_tiny"]
+
+
+# ---- d) failures
+
+
+def test_failed_job_reports_log_tail_and_exit_code(scratch):
+    repo = scratch()
+    run(repo, "secvit", "data", "--profile", "smoke", "--dataset", "imagenet")
+    result = run(repo, "secvit", "pretrain", "--profile", "smoke", "--model", "secvit_nope", "--executor", "slurm", check=False)
+    job = re.search(r"submitted SLURM job (\d+)", result.stderr).group(1)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: SLURM job {job} ") and "FAILED" in last, last
+    tail = result.stderr.split(f"----- stderr of job {job}", 1)[1]
+    assert "secvit_nope" in tail  # the stage's own error, from the job log
+
+
+def test_dag_failure_cancels_dependents_and_commits_the_rest(scratch):
+    repo = scratch(params={"smoke.pretrain.epochs": "two"})  # pretrain and evaluate reject the params file
+    from pipelines.slurm_dag import repro_slurm
+    from secvit.errors import SecvitError
+
+    with pytest.raises(SecvitError) as failure:
+        repro_slurm("smoke", repo, ["data-smoke@coco", "evaluate@smoke-secvit_tiny"], poll_s=1.0)
+
+    jobs = {n: r["job_id"] for n, r in json.loads((repo / "runs/slurm/smoke/jobs.json").read_text())["stages"].items()}
+    message = str(failure.value)
+    assert message.startswith(f"stage pretrain@smoke-secvit_tiny: SLURM job {jobs['pretrain@smoke-secvit_tiny']} ended FAILED"), message
+    assert "1 dependent job(s) cancelled" in message and "\n" not in message
+    assert job_fields(jobs["evaluate@smoke-secvit_tiny"])["JobState"] == "CANCELLED"
+    assert "up to date" in run(repo, "dvc", "status", "data-smoke@coco", "data-smoke@imagenet").stdout
+    assert "changed" in run(repo, "dvc", "status", "pretrain@smoke-secvit_tiny").stdout
+
+
+# ---- settings
+
+
+def test_slurm_settings_and_executor(tmp_path):
+    from secvit.errors import SecvitError
+    from secvit.slurm import load_slurm_config, make_executor, stage_kind
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    path = tmp_path / "params.yaml"
+
+    def load(**changes: Any):
+        path.write_text(yaml.safe_dump({**params, "slurm": {**params["slurm"], **changes}}))
+        return load_slurm_config(path)
+
+    cfg = load(stages={"pretrain": {"gpus_per_node": 8, "timeout_min": 4320}, "data": {"mem_gb": 1}})
+    executor = make_executor(cfg, "pretrain@paper-secvit_tiny", "pretrain", tmp_path / "%j", dependencies=["7", "9"])
+    p = executor._executor.parameters
+    assert (p["gpus_per_node"], p["ntasks_per_node"], p["time"], p["partition"]) == (8, 8, 4320, "debug")
+    assert p["srun_args"] == [f"--cpus-per-task={cfg.cpus_per_task}"] and p["signal_delay_s"] == cfg.signal_delay_s
+    assert p["additional_parameters"]["dependency"] == "afterok:7:9"
+    data = make_executor(cfg, "data-smoke@coco", stage_kind("data-smoke@coco"), tmp_path / "%j")._executor.parameters
+    assert data["mem"] == "1GB" and data["ntasks_per_node"] == 1 and "gpus_per_node" not in data
+    assert [stage_kind(s) for s in ("sweep@smoke-64-8-2-1", "evaluate@paper-secvit_base", "tables@smoke")] == ["pretrain", "evaluate", "tables"]
+
+    for changes, message in [
+        ({"gpus": 1}, "unknown setting 'slurm.gpus'"),
+        ({"nodes": "two"}, "setting 'slurm.nodes' must be int"),
+        ({"stages": {"pretrian": {}}}, "unknown stage kind 'slurm.stages.pretrian'"),
+        ({"stages": {"pretrain": {"gpu_per_node": 8}}}, "unknown setting 'slurm.stages.pretrain.gpu_per_node'"),
+        ({"cpus_per_task": 0}, "setting 'slurm.cpus_per_task' must be at least 1"),
+    ]:
+        with pytest.raises(SecvitError, match=re.escape(message)):
+            load(**changes)
+    del params["slurm"]["partition"]
+    with pytest.raises(SecvitError, match="missing setting 'slurm.partition'"):
+        load()
