@@ -18,8 +18,11 @@ def repro_all(
     profile: Annotated[str, typer.Option(help="smoke (CPU, generated data) or paper (the full study).")] = "smoke",
     executor: Annotated[str, typer.Option(help="local: stages run here; slurm: stale stages become SLURM jobs.")] = "local",
 ) -> None:
-    """Run every stale stage of a profile's DAG and print where the tables are."""
-    from pipelines.repro import repro_local
+    """Run every stale stage of a profile's DAG and print where the tables are.
+
+    results/tables.md and results/plots/ then point to the profile's results/<profile>/ files.
+    """
+    from pipelines.repro import point_latest, repro_local
 
     if executor == "local":
         tables = repro_local(profile)
@@ -31,8 +34,8 @@ def repro_all(
         from secvit.errors import SecvitError
 
         raise SecvitError(f"unknown executor {executor!r}; choose local or slurm")
-    plots = tables.parent / "plots"
-    console.print(f"[bold green]done[/]: tables in {tables}, figures in {plots}/")
+    latest = point_latest(profile)
+    console.print(f"[bold green]done[/]: tables in {latest} (-> {tables}), figures in {latest.parent / 'plots'}/")
 
 
 def register(app: typer.Typer) -> None:

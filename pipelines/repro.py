@@ -42,3 +42,20 @@ def repro_local(profile: str, root: Path = Path(".")) -> Path:
     if result.returncode != 0:
         raise SecvitError(f"dvc repro failed (exit {result.returncode}); the failing stage's output is above")
     return root / "results" / profile / "tables.md"
+
+
+def point_latest(profile: str, root: Path = Path(".")) -> Path:
+    """Symlinks ``results/tables.md`` and ``results/plots`` to the profile just built.
+
+    Convenience pointers for people (the DVC outputs stay in ``results/<profile>/``);
+    returns ``results/tables.md``.
+    """
+    results = root / "results"
+    for name in ("tables.md", "plots"):
+        link = results / name
+        if link.is_symlink() or link.is_file():
+            link.unlink()
+        elif link.exists():
+            raise SecvitError(f"{link} exists and is not a link; move it away")
+        link.symlink_to(Path(profile) / name)
+    return results / "tables.md"

@@ -57,6 +57,8 @@ def test_repro_all_builds_tables_and_figures(smoke_repo):
     repo, first = smoke_repo
     assert "results/smoke/tables.md" in first.stdout + first.stderr
     tables = (repo / "results/smoke/tables.md").read_text()
+    assert (repo / "results/tables.md").read_text() == tables  # the pointer to the profile just built
+    assert (repo / "results/plots/clusters.png").exists()
     for n in range(1, 9):
         assert f"## Table {n}:" in tables
     assert "Profile: `smoke`" in tables
