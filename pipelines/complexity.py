@@ -29,7 +29,7 @@ def complexity_stage(profile: str, params: Path) -> Path:
     import torch
 
     from secvit.complexity import FLOP_CONVENTION, measure, throughput
-    from secvit.engine.train import write_json
+    from secvit.atomic import write_json
 
     cfg = load(params, profile, "complexity", ComplexityConfig)
     sweep = sweep_config(params)

@@ -18,7 +18,7 @@ def evaluate_stage(
     from secvit.engine.distributed import init_distributed
     from secvit.engine.evaluate import evaluate
     from secvit.engine.loaders import build_eval_loader
-    from secvit.engine.train import write_json
+    from secvit.atomic import write_json
     from secvit.models.registry import create
     from secvit.models.secvit import checkpoint_filter_fn
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from pipelines.repro import check_repo
 from pipelines.repro import targets as profile_targets
+from secvit.atomic import write_json
 from secvit.errors import SecvitError
 from secvit.params import PROFILES
 from secvit.slurm import (
@@ -47,7 +48,6 @@ from secvit.slurm import (
     cancel,
     console,
     current_state,
-    dump_json,
     job_for,
     load_slurm_config,
     log_tail,
@@ -159,7 +159,7 @@ class JobsFile:
         self.save()
 
     def save(self) -> None:
-        dump_json(self.path, {"stages": self.stages})
+        write_json(self.path, {"stages": self.stages})
 
 
 # ---- submission

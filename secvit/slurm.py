@@ -13,7 +13,6 @@ which needs SLURM accounting.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pickle
 import re
@@ -392,11 +391,3 @@ def run_on_slurm(command: str, options: dict[str, Any], profile: str, params: Pa
         raise SecvitError(f"SLURM job {job.job_id} ({name}) ended {row.state}; the end of its log is above")
     console.print(f"SLURM job {job.job_id} completed (run time {row.elapsed})")
     return str(job.job_id)
-
-
-def dump_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic JSON write (for the re-attach state file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)

@@ -8,8 +8,6 @@ nearest neighbour to the image and blended 50% over it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
+from secvit.atomic import atomic_write
 from secvit.errors import SecvitError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "cluster_maps", "load_image", "visualize_clusters"]
@@ -147,15 +146,10 @@ def render(image: Image.Image, maps: list[tuple[int, int, Tensor]], title: str, 
     fig.suptitle(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
-        os.replace(tmp, out)
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None}))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from secvit.atomic import write_json
 from secvit.data.layout import DatasetCounts
 from secvit.errors import SecvitError
 
@@ -83,13 +84,7 @@ def write_manifest(
     """
     out = Path(out_path)
     data = manifest_of(root, kind, counts, exclude={os.path.abspath(out)})
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    if out.is_file() and out.read_text(encoding="utf-8") == text:
-        return data
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    write_json(out, data)
     return data
 
 

@@ -9,7 +9,6 @@ resumed ends with exactly the weights and metrics of an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.data import Mixup
@@ -28,12 +26,13 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from secvit.atomic import write_json
 from secvit.checkpoint import atomic_save, load_file_checked
 from secvit.data.imagenet import read_skips
 from secvit.data.layout import check_imagenet
 from secvit.engine import live
 from secvit.engine.config import PretrainConfig
-from secvit.engine.distributed import DistEnv, barrier, init_distributed
+from secvit.engine.distributed import barrier, init_distributed
 from secvit.engine.evaluate import autocast, evaluate
 from secvit.engine.loaders import build_eval_loader, build_train_loader, derived_seed, seed_everything, set_epoch
 from secvit.errors import SecvitError
@@ -282,10 +281,3 @@ def pretrain(
         if metrics["skipped_images"]:
             console.log(f"[yellow]skipped {metrics['skipped_images']} unreadable images (listed in {run.skips})")
     return metrics
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write a JSON file atomically (sorted keys, so unchanged results give identical files)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)

@@ -10,12 +10,11 @@ byte-identical file.
 from __future__ import annotations
 
 import functools
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from secvit.atomic import write_text
 from secvit.tables.paper import PaperTable, Section, load_paper_tables
 from secvit.tables.results import CLASSIFICATION_TABLES, IMPLEMENTED_MODELS, Results, load_results, run_key
 
@@ -365,24 +364,9 @@ def _strip_trailing(lines: Iterable[str]) -> Iterable[str]:
     return (line.rstrip() for line in lines)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (skipped if unchanged)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_tables(results_dir: str | Path, profile: str, out_path: str | Path | None = None) -> str:
     """Render the tables for ``results_dir`` and write them to ``out_path`` (default ``<results_dir>/tables.md``)."""
     results = load_results(results_dir, profile)
     text = render_tables(results, profile)
-    atomic_write_text(Path(out_path) if out_path is not None else Path(results_dir) / "tables.md", text)
+    write_text(Path(out_path) if out_path is not None else Path(results_dir) / "tables.md", text)
     return text
