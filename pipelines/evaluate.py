@@ -26,6 +26,7 @@ def evaluate_stage(
     data_cfg = data_config(params, profile)
     root = data or data_cfg.root("imagenet")
     counts = check_imagenet(root, expected=None if data else data_cfg.expected_for("imagenet"))
+    stage = checkpoint is None and data is None  # the evaluate stage: the run's own checkpoint and data
     checkpoint = checkpoint or run_dir(profile, model) / "last.pth"
     state = load_file_checked(checkpoint, full=True)
     env = init_distributed()
@@ -39,7 +40,7 @@ def evaluate_stage(
         metrics = evaluate(net, loader, env, cfg.amp_dtype)
         suffix = "" if weights == "raw" else "_ema"
         result.update({f"top1{suffix}": metrics["top1"], f"top5{suffix}": metrics["top5"], "images": metrics["images"]})
-    out = out or (results_dir(profile, model) / "eval.json" if data is None and checkpoint is not None else None)
+    out = out or (results_dir(profile, model) / "eval.json" if stage else None)
     if out is not None and env.is_main:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(out), result)
