@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +65,51 @@ def pick_state_dict(checkpoint: dict[str, Any], ema: bool, source: str = "checkp
     return state
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, ema: bool = False) -> torch.nn.Module:
-    """Load released or own weights into a registered model strictly, through its checkpoint filter."""
-    from secvit.models.secvit import checkpoint_filter_fn
+def _checkpoint_filter(model: torch.nn.Module) -> Callable[[dict, torch.nn.Module], dict]:
+    """The ``checkpoint_filter_fn`` of the model's family (timm's convention: one per model file)."""
+    module = sys.modules.get(type(model).__module__)
+    return getattr(module, "checkpoint_filter_fn", lambda state, _model: state)
 
-    checkpoint = load_file_checked(path, full=True)
-    state = pick_state_dict(checkpoint, ema, source=str(path))
-    model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    try:
+        model.load_state_dict(_checkpoint_filter(model)(state, model), strict=True)
+    except RuntimeError as e:  # families whose filter does not check keys itself
+        detail = " ".join(str(e).split())
+        raise SecvitError(f"{source} does not fit {type(model).__name__}: {detail[:300]}") from None
     return model
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, ema: bool = False) -> torch.nn.Module:
+    """Load released or own weights into a registered model strictly, through its family's checkpoint filter."""
+    checkpoint = load_file_checked(path, full=True)
+    return _load_state(model, pick_state_dict(checkpoint, ema, source=str(path)), f"checkpoint {path}")
+
+
+def classifier_classes(state: dict[str, torch.Tensor], model_name: str) -> int | None:
+    """Number of classes of the classifier in ``state`` (our layout or a released one), None if it has none."""
+    import timm
+
+    classifier = getattr(timm.models.get_pretrained_cfg(model_name), "classifier", None) or "head"
+    keys = {f"{classifier}.weight", "head.weight", "head.fc.weight"}
+    for name, value in state.items():
+        if name.removeprefix("module.") in keys and isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+    return None
+
+
+def create_with_weights(model_name: str, path: str | Path, ema: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """The registered model ``model_name`` holding the weights of ``path`` (released or ours), loaded strictly.
+
+    The classifier is sized from the file, so a checkpoint trained on any number of classes loads.
+    """
+    from secvit.models.registry import create
+
+    state = pick_state_dict(load_file_checked(path, full=True), ema, source=str(path))
+    classes = classifier_classes(state, model_name)
+    if classes is not None:
+        kwargs["num_classes"] = classes
+    return _load_state(create(model_name, **kwargs), state, f"checkpoint {path}")
 
 
 def convert(src: str | Path, dst: str | Path, model_name: str, ema: bool = False) -> int:

@@ -34,7 +34,7 @@ from secvit.params import from_section, load_params, section
 
 console = Console(stderr=True)
 
-KINDS = ("data", "pretrain", "evaluate", "complexity", "tables", "figures")
+KINDS = ("data", "pretrain", "evaluate", "detect", "segment", "complexity", "tables", "figures")
 STATES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "PREEMPTED", "REQUEUED", "UNKNOWN")
 ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "PREEMPTED"})  # PREEMPTED jobs come back requeued
 # scontrol/squeue states -> ours

@@ -23,8 +23,6 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "cluster_maps", "load_image", "visua
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_CLASSES = 1000
-CLASSIFIER_KEYS = ("head.fc.weight", "head.weight")  # ours, released
 
 
 def load_image(path: str | Path, img_size: int) -> Image.Image:
@@ -55,31 +53,17 @@ def to_tensor(image: Image.Image) -> Tensor:
     return ((array - mean) / std).unsqueeze(0)
 
 
-def checkpoint_classes(checkpoint: str | Path, ema: bool) -> int:
-    """Number of classes of the classifier stored in a checkpoint (1000 if it has none)."""
-    from secvit.checkpoint import load_file_checked, pick_state_dict
-
-    state = pick_state_dict(load_file_checked(checkpoint, full=True), ema, source=str(checkpoint))
-    for name, value in state.items():
-        if name.removeprefix("module.") in CLASSIFIER_KEYS and isinstance(value, Tensor):
-            return int(value.shape[0])
-    return DEFAULT_CLASSES
-
-
 def build_model(model_name: str, checkpoint: str | Path | None, ema: bool) -> nn.Module:
     """The registered SecViT, with the checkpoint's weights or fixed-seed random ones, in eval mode."""
-    from secvit.checkpoint import load_weights
+    from secvit.checkpoint import create_with_weights
     from secvit.models.registry import create
     from secvit.models.secvit import SecViT
 
-    classes = DEFAULT_CLASSES if checkpoint is None else checkpoint_classes(checkpoint, ema)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = create(model_name, num_classes=classes)
+        model = create(model_name) if checkpoint is None else create_with_weights(model_name, checkpoint, ema)
     if not isinstance(model, SecViT):
         raise SecvitError(f"{model_name} is not a SecViT model; cluster maps need one of the secvit_* models")
-    if checkpoint is not None:
-        load_weights(model, checkpoint, ema=ema)
     return model.eval()
 
 

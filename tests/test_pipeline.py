@@ -73,6 +73,33 @@ def test_repro_all_builds_tables_and_figures(smoke_repo):
         assert (repo / f"results/smoke/plots/{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_repro_all_fills_detection_and_segmentation(smoke_repo):
+    """The four detection settings and both heads train, evaluate and reach tables 3-5 (smoke figures)."""
+    repo, _ = smoke_repo
+    tables = (repo / "results/smoke/tables.md").read_text()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for task, runs, keys in (
+        ("detection", params["detection_runs"], ("ap_b", "ap50_b", "ap75_b")),
+        ("segmentation", params["segmentation_runs"], ("miou", "macc", "aacc")),
+    ):
+        smoke = [k.removeprefix("smoke-") for k, r in runs.items() if r["profile"] == "smoke"]
+        assert len(smoke) == (4 if task == "detection" else 2)
+        for key in smoke:
+            metrics = json.loads((repo / f"results/smoke/{task}/{key}/metrics.json").read_text())
+            for name in keys + ("ap_m", "ap50_m", "ap75_m") * ("rcnn" in key):
+                assert 0 <= metrics[name] <= 100, (key, name)
+            if "retinanet" in key:
+                assert {"ap_s_b", "ap_m_b", "ap_l_b"} <= set(metrics)
+            assert metrics["params_m"] > 10 and metrics["gflops"] > 10, key
+            assert (repo / f"results/smoke/{task}/{key}/dvclive/plots/metrics/train/loss.tsv").is_file()
+            row = f"`secvit_tiny` (ours, not in the paper)"
+            assert row in tables
+    mask_1x = json.loads((repo / "results/smoke/detection/secvit_tiny-mask_rcnn-1x/metrics.json").read_text())
+    assert f"47.7 / {mask_1x['ap_b']:.2f}" in tables  # the paper's SecViT-T row of table 4 holds our figure
+    fpn = json.loads((repo / "results/smoke/segmentation/secvit_tiny-semantic_fpn/metrics.json").read_text())
+    assert f"47.2 / {fpn['miou']:.2f}" in tables
+
+
 def test_second_run_does_nothing(smoke_repo):
     repo, _ = smoke_repo
     before = {p: p.stat().st_mtime_ns for p in (repo / "results/smoke").rglob("*") if p.is_file()}

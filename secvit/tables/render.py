@@ -16,7 +16,7 @@ from typing import Any
 
 from secvit.atomic import write_text
 from secvit.tables.paper import PaperTable, Section, load_paper_tables
-from secvit.tables.results import CLASSIFICATION_TABLES, IMPLEMENTED_MODELS, Results, load_results, run_key
+from secvit.tables.results import CLASSIFICATION_TABLES, IMPLEMENTED_MODELS, Results, downstream_key, load_results, run_key
 
 __all__ = ["render_tables", "write_tables", "compare_cell", "format_number"]
 
@@ -41,14 +41,22 @@ _CLASSIFICATION_SOURCE = (
     "Ours: params and GFLOPs from `complexity.json`; top-1 is `best_top1` of `pretrain/<model>/metrics.json` "
     "(best epoch, better of raw and EMA weights, as the paper reports)."
 )
-_DETECTION_SOURCE = "Ours: `detection/<backbone>-<detector>-<schedule>/metrics.json`."
+_DETECTION_SOURCE = (
+    "Ours: `detection/<backbone>-<detector>-<schedule>/metrics.json`: COCO val2017 AP (pycocotools); params and "
+    "GFLOPs of the whole detector at 1280x800 (fvcore, one multiply-add = one FLOP, without the attention matmuls "
+    "as the paper's convention; all ops in `gflops_all_ops`)."
+)
 #: Where our numbers of each table come from.
 SOURCES: dict[str, str] = {
     "table1": _CLASSIFICATION_SOURCE,
     "table2": "Ours: SEC-Swin and SEC-FasterViT are not implemented in this project, so their rows measure nothing.",
     "table3": _DETECTION_SOURCE,
     "table4": _DETECTION_SOURCE,
-    "table5": "Ours: `segmentation/<backbone>-<head>/metrics.json`.",
+    "table5": (
+        "Ours: `segmentation/<backbone>-<head>/metrics.json`: single-scale ADE20K val mIoU (mmseg; multi-scale + "
+        "flip in `miou_ms_flip` when measured); params and GFLOPs of the whole segmentor at 512x2048 (SecViT-T at "
+        "512x512, as the paper), same FLOP convention as tables 3-4."
+    ),
     "table6": (
         "Ours: only the full SecViT-T is implemented (same sources as table 1); the ablated variants and "
         "SEC-Swin-T are not, so they measure nothing."
@@ -234,6 +242,9 @@ def render_section(table: PaperTable, section: Section, results: Results) -> lis
     if has_all_ops_column(table, section):
         header.append(ALL_OPS_COLUMN)
     rows = [row_cells(table, section, row, results) for row in section.rows]
+    listed = [row["ours"] for row in section.rows if "ours" in row]
+    for model, measured in results.unlisted(section.setting, listed):
+        rows.append([f"`{model}` (ours, not in the paper)", *(compare_cell(c, None, measured.get(c)) for c in section.columns)])
     lines = [section_heading(section), "", *markdown_table(header, rows)]
     if table.id == "table7":
         keys = [f"`{run_key(r['ours'], r['clusters'])}`" for r in section.rows if "ours" in r]
@@ -334,20 +345,17 @@ def _complexity_row(key: str, c: Mapping[str, Any]) -> list[str]:
 
 
 def _unmatched_downstream(results: Results, tables: Mapping[str, PaperTable]) -> list[str]:
-    """Detection / segmentation result names that no paper row reads."""
-    wanted: set[str] = set()
+    """Detection / segmentation result names that no table section shows."""
+    suffixes: set[tuple[str, str]] = set()
     for table in tables.values():
-        for section, row in table.iter_rows():
-            key = results.row_key(table.id, row)
-            if key is None:
-                continue
+        for section in table.sections:
             s = section.setting
             if "detector" in s:
-                wanted.add(f"detection/{key}-{s['detector']}-{s['schedule']}")
+                suffixes.add(("detection", downstream_key("", s["detector"], s["schedule"])))
             elif "head" in s:
-                wanted.add(f"segmentation/{key}-{s['head']}")
-    found = [f"detection/{k}" for k in results.detection] + [f"segmentation/{k}" for k in results.segmentation]
-    return sorted(f for f in found if f not in wanted)
+                suffixes.add(("segmentation", downstream_key("", s["head"])))
+    found = [("detection", k) for k in results.detection] + [("segmentation", k) for k in results.segmentation]
+    return sorted(f"{task}/{k}" for task, k in found if not any(t == task and k.endswith(x) for t, x in suffixes))
 
 
 def render_tables(results: Results, profile: str, tables: Mapping[str, PaperTable] | None = None) -> str:

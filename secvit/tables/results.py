@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_CLUSTERS",
     "IMPLEMENTED_MODELS",
     "Results",
+    "downstream_key",
     "load_results",
     "run_key",
 ]
@@ -56,6 +57,11 @@ def run_key(model: str, clusters: Sequence[int | None] | None = None) -> str:
     if normal == DEFAULT_CLUSTERS:
         return model
     return f"{model}-c" + "-".join(str(c) for c in normal)
+
+
+def downstream_key(model: str, *setting: str) -> str:
+    """Result key of a detection (model, detector, schedule) or segmentation (model, head) run."""
+    return "-".join((model, *setting))
 
 
 def _number(value: Any) -> float | None:
@@ -158,11 +164,30 @@ class Results:
         if table_id in CLASSIFICATION_TABLES:
             return self._classification(key)
         if "detector" in setting:
-            name = f"{key}-{setting['detector']}-{setting.get('schedule', '')}".rstrip("-")
+            name = downstream_key(key, setting["detector"], setting["schedule"])
             return self._pick(self.detection.get(name), DETECTION_METRICS)
         if "head" in setting:
-            return self._pick(self.segmentation.get(f"{key}-{setting['head']}"), SEGMENTATION_METRICS)
+            return self._pick(self.segmentation.get(downstream_key(key, setting["head"])), SEGMENTATION_METRICS)
         return {}
+
+    def unlisted(self, section_setting: Mapping[str, Any] | None, listed: Sequence[str]) -> list[tuple[str, dict[str, float | None]]]:
+        """Measured detection / segmentation runs of a section's setting whose backbone is not in ``listed``.
+
+        The paper reports each setting for a few backbones; runs of others (the smoke profile's
+        ``secvit_tiny``, peers) are shown as extra rows rather than dropped.
+        """
+        setting = dict(section_setting or {})
+        if "detector" in setting:
+            runs, suffix, keys = self.detection, downstream_key("", setting["detector"], setting["schedule"]), DETECTION_METRICS
+        elif "head" in setting:
+            runs, suffix, keys = self.segmentation, downstream_key("", setting["head"]), SEGMENTATION_METRICS
+        else:
+            return []
+        return [
+            (name.removesuffix(suffix), self._pick(data, keys))
+            for name, data in runs.items()
+            if name.endswith(suffix) and name.removesuffix(suffix) not in listed
+        ]
 
     def _classification(self, key: str) -> dict[str, float | None]:
         comp = self.complexity.get(key) or {}

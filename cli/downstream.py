@@ -1,0 +1,70 @@
+"""Dense-prediction commands: detect (COCO, mmdet), segment (ADE20K, mmseg)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import ParamsOpt, ProfileOpt, user_errors
+from cli.train import ExecutorOpt
+
+ModelOpt = Annotated[str, typer.Option(help="Backbone, e.g. secvit_small (any model of `secvit list-models`).")]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option(help="Backbone ImageNet weights: a released checkpoint or ours (default: runs/<profile>/pretrain/<model>/best.pth)."),
+]
+
+
+def detect(
+    model: ModelOpt,
+    detector: Annotated[str, typer.Option(help="mask_rcnn, cascade_mask_rcnn or retinanet.")],
+    schedule: Annotated[str, typer.Option(help="1x (12 epochs, single scale) or 3x_ms (36 epochs, multi-scale).")],
+    profile: ProfileOpt = "smoke",
+    params: ParamsOpt = Path("params.yaml"),
+    weights: WeightsOpt = None,
+    executor: ExecutorOpt = "local",
+) -> None:
+    """Train and evaluate a COCO detector with a SecViT backbone (paper tables 3 and 4).
+
+    Checkpoints go to runs/<profile>/detection/<model>-<detector>-<schedule>/ (a rerun resumes there);
+    box/mask AP, params and FLOPs to results/<profile>/detection/<...>/metrics.json.
+    """
+    from pipelines.downstream import detect_stage
+    from secvit.slurm import run_on_slurm, use_slurm
+
+    if use_slurm(executor):
+        options = {"profile": profile, "model": model, "detector": detector, "schedule": schedule, "weights": weights, "params": params}
+        run_on_slurm("detect", options, profile, params)
+        return
+    print(json.dumps(detect_stage(profile, model, detector, schedule, params, weights), indent=2, sort_keys=True))
+
+
+def segment(
+    model: ModelOpt,
+    head: Annotated[str, typer.Option(help="semantic_fpn (80k iterations) or upernet (160k iterations).")],
+    profile: ProfileOpt = "smoke",
+    params: ParamsOpt = Path("params.yaml"),
+    weights: WeightsOpt = None,
+    executor: ExecutorOpt = "local",
+) -> None:
+    """Train and evaluate an ADE20K segmentor with a SecViT backbone (paper table 5).
+
+    Checkpoints go to runs/<profile>/segmentation/<model>-<head>/ (a rerun resumes there);
+    mIoU, params and FLOPs to results/<profile>/segmentation/<model>-<head>/metrics.json.
+    """
+    from pipelines.downstream import segment_stage
+    from secvit.slurm import run_on_slurm, use_slurm
+
+    if use_slurm(executor):
+        options = {"profile": profile, "model": model, "head": head, "weights": weights, "params": params}
+        run_on_slurm("segment", options, profile, params)
+        return
+    print(json.dumps(segment_stage(profile, model, head, params, weights), indent=2, sort_keys=True))
+
+
+def register(app: typer.Typer) -> None:
+    for func in (detect, segment):
+        app.command(name=func.__name__)(user_errors(func))

@@ -1,0 +1,34 @@
+# Semantic FPN, 80k iterations, with a SecViT-T backbone on ADE20K (paper section 4.3, table 5).
+# Paper: PVT's settings, 80k iterations, 512x512 crops, test with the short side resized to 512.
+# PVT's recipe (as RMT and BiFormer cite it): AdamW lr 1e-4, weight decay 1e-4, poly decay (power 0.9), batch 16.
+_base_ = ['mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py']
+
+custom_imports = dict(imports=['secvit.downstream.backbone'], allow_failed_imports=False)
+
+model = dict(
+    pretrained=None,  # the backbone loads its own ImageNet weights
+    backbone=dict(
+        _delete_=True,
+        type='SecvitBackbone',
+        model_name='secvit_tiny',
+        pretrained=None,  # ImageNet weights (best.pth of our pretraining, or a released file); set by `secvit segment`
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.1,  # the model's ImageNet stochastic depth (RMT, by the same authors, does the same)
+        norm_eval=False,  # mmseg's convention: backbone BN trains (SyncBN across GPUs)
+        frozen_stages=-1),  # PVT and its family freeze nothing
+    neck=dict(in_channels=[64, 128, 256, 512]))
+
+# PVT: batch 16 (8 GPUs x 2 images); lr 1e-4 is for that batch (scale it linearly for another).
+train_dataloader = dict(batch_size=2)
+
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=80000, val_interval=8000)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
+    clip_grad=None)
+param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=80000, by_epoch=False)]  # PVT: no warm-up
+
+# checkpoints written atomically (temporary file + rename): a kill never leaves a torn file to resume from
+default_hooks = dict(
+    checkpoint=dict(by_epoch=False, interval=8000, max_keep_ckpts=2, backend_args=dict(backend='atomic_local')))

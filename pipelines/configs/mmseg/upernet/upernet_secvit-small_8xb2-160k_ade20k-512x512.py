@@ -1,0 +1,29 @@
+# UperNet, 160k iterations, with a SecViT-S backbone on ADE20K (paper section 4.3, table 5).
+# Paper: Swin's settings, AdamW, weight decay 0.01, 1500-iteration warm-up, 512x512 crops, test with
+# the short side resized to 512. Swin's recipe for the rest: lr 6e-5, poly decay (power 1.0) after
+# the warm-up, batch 16, auxiliary FCN head on stage 3 (loss weight 0.4), no decay on norms.
+_base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
+
+custom_imports = dict(imports=['secvit.downstream.backbone'], allow_failed_imports=False)
+
+model = dict(
+    pretrained=None,  # the backbone loads its own ImageNet weights
+    backbone=dict(
+        _delete_=True,
+        type='SecvitBackbone',
+        model_name='secvit_small',
+        pretrained=None,  # ImageNet weights (best.pth of our pretraining, or a released file); set by `secvit segment`
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.15,  # the model's ImageNet stochastic depth (RMT, by the same authors, does the same)
+        norm_eval=False,  # mmseg's convention: backbone BN trains (SyncBN across GPUs)
+        frozen_stages=-1),  # Swin freezes nothing
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))  # stage 3
+
+optim_wrapper = dict(
+    # Swin: no weight decay on norms (here also biases and layer-scale gammas, as in our ImageNet recipe)
+    paramwise_cfg=dict(_delete_=True, norm_decay_mult=0.0, bias_decay_mult=0.0, custom_keys={'.gamma': dict(decay_mult=0.0)}))
+
+# checkpoints written atomically (temporary file + rename): a kill never leaves a torn file to resume from
+default_hooks = dict(
+    checkpoint=dict(by_epoch=False, interval=16000, max_keep_ckpts=2, backend_args=dict(backend='atomic_local')))

@@ -1,0 +1,316 @@
+"""Train and evaluate an OpenMMLab config (mmdet or mmseg) with mmengine's Runner.
+
+The configs under ``pipelines/configs`` are complete recipes that stock tools run as they are.
+:func:`prepare_config` only points one at a dataset, a work directory and backbone weights, and
+applies the few size knobs of a :class:`Schedule` (the smoke profile shrinks runs with them).
+:func:`run` trains (resuming from the work directory), tests, and returns the test metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from secvit.errors import SecvitError
+
+__all__ = [
+    "Schedule", "prepare_config", "swap_backbone", "run", "model_complexity", "curve_rows",
+    "detection_summary", "segmentation_summary",
+]
+
+SIZE_KEYS = ("scale", "scales", "crop_size", "size", "img_scale")
+MIN_SIDE = 32
+DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+EVALUATORS = ("val_evaluator", "test_evaluator")
+
+
+@dataclass
+class Schedule:
+    """Overrides of a config's schedule (None keeps the config's value).
+
+    ``length`` counts epochs for epoch-based configs (detection) and iterations for
+    iteration-based ones (segmentation); so do ``checkpoint_every`` and ``val_every``.
+    """
+
+    length: int | None = None
+    batch_per_device: int | None = None
+    workers: int | None = None
+    image_scale: float = 1.0  # multiplies every image size of the pipelines (smoke runs)
+    checkpoint_every: int | None = None
+    val_every: int | None = None
+    score_thr: float | None = None  # detection test score threshold
+    log_every: int | None = None
+    scale_lr: bool = True  # lr scaled linearly with the global batch (mmengine's auto_scale_lr)
+    seed: int = 0
+
+
+def _walk(node: Any) -> Iterator[dict]:
+    """Every dict inside a config node (depth first)."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _walk(value)
+
+
+def _scaled(value: Any, factor: float) -> Any:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
+        return [_scaled(v, factor) for v in value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(max(MIN_SIDE, round(v * factor)) for v in value)
+    return value
+
+
+def scale_image_sizes(cfg: Any, factor: float) -> None:
+    """Multiply every image size (``scale``, ``scales``, ``crop_size``, ``size``) in ``cfg`` by ``factor``."""
+    if factor == 1.0:
+        return
+    for node in _walk(cfg._cfg_dict if hasattr(cfg, "_cfg_dict") else cfg):
+        for key in SIZE_KEYS:
+            if key in node:
+                node[key] = _scaled(node[key], factor)
+
+
+def _set_data_root(cfg: Any, root: Path) -> None:
+    """Point every dataloader and evaluator at ``root`` (evaluators keep their path below the old root)."""
+    old = None
+    for name in DATALOADERS:
+        dataset = cfg[name]["dataset"]
+        old = old or dataset.get("data_root")
+        dataset["data_root"] = str(root)
+    for name in EVALUATORS:
+        ann_file = cfg[name].get("ann_file")
+        if ann_file:
+            relative = os.path.relpath(ann_file, old) if old else ann_file
+            cfg[name]["ann_file"] = str(root / relative)
+
+
+def _set_classes(cfg: Any, classes: Sequence[str]) -> None:
+    """Train on the dataset's own category names (every head sized for the config's classes follows)."""
+    old = len(cfg["train_dataloader"]["dataset"].get("metainfo", {}).get("classes", ())) or 80
+    for name in DATALOADERS:
+        cfg[name]["dataset"]["metainfo"] = dict(classes=tuple(classes))
+    for node in _walk(cfg["model"]):
+        if node.get("num_classes") == old:
+            node["num_classes"] = len(classes)
+
+
+def _apply_schedule(cfg: Any, s: Schedule) -> None:
+    by_epoch = cfg["train_cfg"].get("type", "EpochBasedTrainLoop") == "EpochBasedTrainLoop"
+    if s.length is not None:
+        cfg["train_cfg"]["max_epochs" if by_epoch else "max_iters"] = s.length
+        for sched in cfg["param_scheduler"]:
+            if sched.get("by_epoch", True) == by_epoch and sched.get("end", 0) > s.length:
+                sched["end"] = s.length
+            if "milestones" in sched:
+                sched["milestones"] = [m for m in sched["milestones"] if m < s.length]
+    if s.val_every is not None:
+        cfg["train_cfg"]["val_interval"] = s.val_every
+    if s.checkpoint_every is not None:
+        cfg["default_hooks"]["checkpoint"]["interval"] = s.checkpoint_every
+    if s.log_every is not None:
+        cfg["default_hooks"]["logger"]["interval"] = s.log_every
+        cfg.setdefault("log_processor", {})["window_size"] = s.log_every
+    if s.batch_per_device is not None:
+        cfg["train_dataloader"]["batch_size"] = s.batch_per_device
+    if s.workers is not None:
+        for name in DATALOADERS:
+            cfg[name]["num_workers"] = s.workers
+            cfg[name]["persistent_workers"] = s.workers > 0
+    if s.score_thr is not None:
+        for node in _walk(cfg["model"].get("test_cfg", {})):
+            if "score_thr" in node:
+                node["score_thr"] = s.score_thr
+    cfg.setdefault("auto_scale_lr", {})["enable"] = s.scale_lr
+    scale_image_sizes(cfg, s.image_scale)
+    cfg["randomness"] = dict(seed=s.seed)
+
+
+def prepare_config(
+    config: str | Path,
+    *,
+    work_dir: str | Path,
+    data_root: str | Path,
+    pretrained: str | Path | None,
+    schedule: Schedule | None = None,
+    classes: Sequence[str] | None = None,
+    model: str | None = None,
+) -> Any:
+    """The config at ``config`` pointed at a dataset, a work dir and backbone weights.
+
+    ``model`` runs the config's recipe with that backbone instead of its own.
+    """
+    from mmengine.config import Config
+
+    path = Path(config)
+    if not path.is_file():
+        raise SecvitError(f"config {path} does not exist")
+    cfg = Config.fromfile(str(path))
+    cfg.work_dir = str(work_dir)
+    cfg.resume = True  # continue from the work dir's last checkpoint, if any
+    if model is not None:
+        swap_backbone(cfg, model)
+    cfg.model.backbone.pretrained = None if pretrained is None else str(pretrained)
+    _set_data_root(cfg, Path(data_root))
+    if classes is not None:
+        _set_classes(cfg, classes)
+    _apply_schedule(cfg, schedule or Schedule())
+    cfg.launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
+    if not torch.cuda.is_available():
+        cfg.env_cfg.dist_cfg = dict(backend="gloo")
+    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="RichProgressHook")]
+    return cfg
+
+
+def run(cfg: Any) -> dict[str, float]:
+    """Train ``cfg`` (resuming from its work dir), then test the final model; the test metrics."""
+    from mmengine.runner import Runner
+
+    import secvit.downstream.backbone  # noqa: F401  (registers the backbone, hooks and file backend)
+    import secvit.downstream.hooks  # noqa: F401
+
+    _require_compiled_ops()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return dict(runner.test())
+
+
+def _require_compiled_ops() -> None:
+    try:
+        from mmcv.ops import nms  # noqa: F401
+    except (ImportError, OSError) as e:
+        raise SecvitError(
+            f"mmcv has no compiled ops ({str(e).splitlines()[0][:80]}); rebuild it with scripts/build_mmcv.sh "
+            "(MMCV_WITH_OPS=1) and reinstall the environment with scripts/env.sh"
+        ) from None
+
+
+# ---------------------------------------------------------------------------- summaries
+
+_COCO = {
+    "ap_b": "coco/bbox_mAP", "ap50_b": "coco/bbox_mAP_50", "ap75_b": "coco/bbox_mAP_75",
+    "ap_s_b": "coco/bbox_mAP_s", "ap_m_b": "coco/bbox_mAP_m", "ap_l_b": "coco/bbox_mAP_l",
+    "ap_m": "coco/segm_mAP", "ap50_m": "coco/segm_mAP_50", "ap75_m": "coco/segm_mAP_75",
+}
+_ADE = {"miou": "mIoU", "macc": "mAcc", "aacc": "aAcc"}
+
+
+def detection_summary(raw: dict[str, float]) -> dict[str, float]:
+    """COCO AP in percent (pycocotools through mmdet's CocoMetric), keyed as the tables read them."""
+    return {ours: round(100 * float(raw[key]), 1) for ours, key in _COCO.items() if key in raw}
+
+
+def segmentation_summary(raw: dict[str, float]) -> dict[str, float]:
+    """mIoU, mAcc and aAcc in percent (mmseg's IoUMetric reports percent already)."""
+    return {ours: round(float(raw[key]), 2) for ours, key in _ADE.items() if key in raw}
+
+
+# ---------------------------------------------------------------------------- complexity
+
+
+class _TensorForward(nn.Module):
+    """The model's ``mode='tensor'`` forward on a bare image batch (data samples built inside)."""
+
+    def __init__(self, model: nn.Module, sample_cls: type | None, height: int, width: int) -> None:
+        super().__init__()
+        self.model, self.sample_cls, self.shape = model, sample_cls, (height, width)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        samples = None
+        if self.sample_cls is not None:
+            meta = dict(img_shape=self.shape, ori_shape=self.shape, pad_shape=self.shape,
+                        batch_input_shape=self.shape, scale_factor=(1.0, 1.0))
+            samples = [self.sample_cls(metainfo=meta) for _ in range(x.shape[0])]
+        return self.model(x, samples, mode="tensor")
+
+
+def model_complexity(cfg: Any, height: int, width: int) -> dict[str, Any]:
+    """Params and FLOPs of the whole detector / segmentor of ``cfg`` on one ``height x width`` image.
+
+    FLOPs follow :mod:`secvit.complexity` (fvcore: one multiply-add = one FLOP); ``gflops`` leaves out
+    the attention matmuls as the paper's convention does, ``gflops_all_ops`` counts them.
+    """
+    from mmengine.registry import MODELS, init_default_scope
+
+    import secvit.downstream.backbone  # noqa: F401
+    from secvit.complexity import count_flops
+
+    init_default_scope(cfg.get("default_scope", "mmdet"))
+    model_cfg = cfg.model.copy()
+    model_cfg.backbone.pretrained = None
+    with torch.random.fork_rng(devices=[]):
+        model = MODELS.build(model_cfg).eval()
+    params = sum(p.numel() for p in model.parameters())
+    sample_cls = None
+    if cfg.get("default_scope") == "mmdet":
+        from mmdet.structures import DetDataSample as sample_cls
+    x = torch.zeros(1, 3, height, width)
+    with torch.no_grad():
+        flops, flops_no_attn = count_flops(_TensorForward(model, sample_cls, height, width), x)
+    return {
+        "params": params,
+        "params_m": round(params / 1e6, 2),
+        "gflops": round(flops_no_attn / 1e9, 1),
+        "gflops_all_ops": round(flops / 1e9, 1),
+        "flops_input": f"{height}x{width}",
+    }
+
+
+# ---------------------------------------------------------------------------- curves
+
+
+def curve_rows(work_dir: str | Path) -> list[dict[str, Any]]:
+    """Logged scalars of every run in ``work_dir`` (mmengine's ``*/vis_data/scalars.json``).
+
+    Runs resumed after a kill log again from their checkpoint: the last row of each
+    (step, kind) wins, so resumed curves have no duplicated steps.
+    """
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill
+            kind = "train" if "loss" in row else "val"
+            rows[(kind, int(row.get("step", 0)))] = row
+    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1]))]
+
+
+# ---------------------------------------------------------------------------- another backbone
+
+
+def _stage_channels(model_name: str) -> list[int]:
+    from secvit.models.registry import create
+
+    with torch.device("meta"):
+        return [info["num_chs"] for info in create(model_name).feature_info]
+
+
+def swap_backbone(cfg: Any, model_name: str) -> None:
+    """Run ``cfg``'s recipe with another registered backbone (its channels and default drop path)."""
+    backbone = cfg["model"]["backbone"]
+    if backbone["model_name"] == model_name:
+        return
+    indices = list(backbone.get("out_indices", (0, 1, 2, 3)))
+    old, new = _stage_channels(backbone["model_name"]), _stage_channels(model_name)
+    old_sel, new_sel = [old[i] for i in indices], [new[i] for i in indices]
+    for name in ("neck", "decode_head", "auxiliary_head"):
+        part = cfg["model"].get(name)
+        if not part:
+            continue
+        if list(part.get("in_channels", [])) == old_sel:
+            part["in_channels"] = new_sel
+        elif isinstance(part.get("in_channels"), int) and isinstance(part.get("in_index"), int):
+            part["in_channels"] = new_sel[part["in_index"]]
+    backbone["model_name"] = model_name
+    backbone["drop_path_rate"] = None  # the model's own default

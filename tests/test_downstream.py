@@ -1,0 +1,290 @@
+"""Detection and segmentation: the OpenMMLab backbone adapter, the configs, the stages.
+
+The four detection settings and both segmentation heads also run end to end (training,
+COCO / mIoU evaluation, tables) in the smoke DAG of test_pipeline.py.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import make_project, one_line_error, secvit
+
+from pipelines.downstream import CONFIGS, DETECTION, SEGMENTATION
+from secvit.errors import SecvitError
+from secvit.models.registry import create
+from secvit.tables.paper import load_paper_tables
+
+mmengine = pytest.importorskip("mmengine")
+from secvit.downstream.backbone import SecvitBackbone  # noqa: E402
+from secvit.downstream.run import prepare_config, scale_image_sizes, swap_backbone  # noqa: E402
+
+ALL_CONFIGS = sorted(CONFIGS.glob("mm*/*/*.py"))
+
+
+def _save_weights(path: Path, model: str = "secvit_tiny", classes: int = 4) -> dict:
+    torch.manual_seed(1)
+    state = create(model, num_classes=classes).state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state, "epoch": 2}, path)
+    return state
+
+
+# ---------------------------------------------------------------------------- the adapter
+
+
+def test_adapter_returns_stage_maps_at_any_size():
+    backbone = SecvitBackbone("secvit_tiny").eval()
+    with torch.no_grad():
+        for height, width in ((64, 64), (100, 133), (200, 296)):
+            maps = backbone(torch.randn(1, 3, height, width))
+            assert [m.shape[1] for m in maps] == [64, 128, 256, 512]
+            assert [m.shape[-2:] for m in maps] == [
+                (-(-height // 2**(i + 2)), -(-width // 2**(i + 2))) for i in range(4)
+            ]
+    subset = SecvitBackbone("secvit_tiny", out_indices=(1, 2, 3)).eval()
+    assert [m.shape[1] for m in subset(torch.randn(1, 3, 64, 64))] == [128, 256, 512]
+    assert not any(name.startswith("body.head.fc") for name, _ in subset.named_parameters())
+
+
+def test_adapter_loads_weights_strictly(tmp_path):
+    state = _save_weights(tmp_path / "best.pth")
+    backbone = SecvitBackbone("secvit_tiny", pretrained=str(tmp_path / "best.pth"))
+    loaded = backbone.body.state_dict()
+    for name in ("stem.0.0.weight", "stages.3.blocks.1.mlp.fc2.weight"):
+        assert torch.equal(loaded[name], state[name])
+    _save_weights(tmp_path / "small.pth", "secvit_small")
+    with pytest.raises(SecvitError, match="does not match"):
+        SecvitBackbone("secvit_tiny", pretrained=str(tmp_path / "small.pth"))
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(SecvitError, match="corrupt or not a PyTorch"):
+        SecvitBackbone("secvit_tiny", pretrained=str(tmp_path / "text.pth"))
+    with pytest.raises(SecvitError, match="out_indices"):
+        SecvitBackbone("secvit_tiny", out_indices=(0, 4))
+
+
+def test_adapter_freezes_stages_and_norms():
+    backbone = SecvitBackbone("secvit_tiny", frozen_stages=1, norm_eval=True)
+    backbone.body = torch.nn.SyncBatchNorm.convert_sync_batchnorm(backbone.body)
+    backbone.train()
+    frozen = {n for n, p in backbone.body.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("stem.") for n in frozen) and any(n.startswith("stages.1.") for n in frozen)
+    assert not any(n.startswith(("stages.2.", "stages.3.")) for n in frozen)
+    norms = [m for m in backbone.body.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    assert not any(m.training for m in norms)  # norm_eval reaches SyncBN too
+    assert backbone.body.stages[3].blocks[0].training
+    loss = sum(m.sum() for m in backbone(torch.randn(2, 3, 64, 64)))
+    loss.backward()
+    assert backbone.body.stem[0][0].weight.grad is None
+    assert backbone.body.stages[3].blocks[0].mlp.fc1.weight.grad is not None
+
+
+def test_one_adapter_for_mmdet_and_mmseg():
+    from mmdet.registry import MODELS as DET
+    from mmseg.registry import MODELS as SEG
+
+    for registry in (DET, SEG):
+        backbone = registry.build(dict(type="SecvitBackbone", model_name="secvit_tiny", out_indices=(3,)))
+        assert isinstance(backbone, SecvitBackbone) and backbone.channels == (512,)
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def test_every_paper_row_has_a_config():
+    tables = load_paper_tables()
+    rows = [(s.setting, r["ours"]) for tid in ("table3", "table4", "table5") for s in tables[tid].sections for r in s.rows if "ours" in r]
+    assert len(rows) == 19
+    for setting, model in rows:
+        pattern = DETECTION[(setting["detector"], setting["schedule"])] if "detector" in setting else SEGMENTATION[setting["head"]]
+        assert (CONFIGS / pattern.format(model=model.replace("_", "-"))).is_file(), (setting, model)
+    params = yaml.safe_load((CONFIGS.parents[1] / "params.yaml").read_text())
+    paper_runs = {(r["model"], r["detector"], r["schedule"]) for r in params["detection_runs"].values() if r["profile"] == "paper"}
+    paper_runs |= {(r["model"], r["head"]) for r in params["segmentation_runs"].values() if r["profile"] == "paper"}
+    assert paper_runs == {(m, *s.values()) if "detector" in s else (m, s["head"]) for s, m in rows}
+
+
+@pytest.mark.slow
+def test_model_params_match_the_paper():
+    """Whole-detector / segmentor parameter counts within 1M of every count tables 3-5 print."""
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    tables = load_paper_tables()
+    checked = 0
+    for tid in ("table3", "table4", "table5"):
+        for section in tables[tid].sections:
+            s = section.setting
+            pattern = DETECTION[(s["detector"], s["schedule"])] if "detector" in s else SEGMENTATION[s["head"]]
+            for row in section.rows:
+                if "ours" not in row or row.get("params_m") is None:
+                    continue
+                cfg = Config.fromfile(str(CONFIGS / pattern.format(model=row["ours"].replace("_", "-"))))
+                init_default_scope(cfg.default_scope)
+                with torch.device("meta"):
+                    model = MODELS.build(cfg.model)
+                params = sum(p.numel() for p in model.parameters()) / 1e6
+                assert abs(params - row["params_m"]) <= 1.0, (section.name, row["model"], params, row["params_m"])
+                checked += 1
+    assert checked == 19
+
+
+def test_configs_run_with_stock_tools(tmp_path):
+    """Every config builds with mmengine alone in a fresh interpreter; one trains and tests there."""
+    from secvit.data.synthetic import make_ade20k
+
+    make_ade20k(tmp_path / "ade", train_images=4, val_images=2, size=(64, 64))
+    script = f"""
+import sys
+from mmengine.config import Config
+from mmengine.runner import Runner
+assert "secvit" not in sys.modules
+for i, path in enumerate({[str(p) for p in ALL_CONFIGS]!r}):
+    cfg = Config.fromfile(path)
+    cfg.work_dir = {str(tmp_path)!r} + f"/build{{i}}"
+    Runner.from_cfg(cfg)
+cfg = Config.fromfile({str(CONFIGS / "mmseg/sem_fpn/fpn_secvit-tiny_8xb2-80k_ade20k-512x512.py")!r})
+cfg.work_dir = {str(tmp_path / "train")!r}
+for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+    cfg[loader].dataset.data_root = {str(tmp_path / "ade/ADEChallengeData2016")!r}
+    cfg[loader].num_workers = 0
+    cfg[loader].persistent_workers = False
+cfg.train_dataloader.dataset.pipeline[2].scale = (128, 64)
+cfg.train_dataloader.dataset.pipeline[3].crop_size = (64, 64)
+cfg.test_dataloader.dataset.pipeline[1].scale = (128, 64)
+cfg.model.data_preprocessor.size = (64, 64)
+cfg.train_cfg.max_iters, cfg.train_cfg.val_interval = 2, 2
+runner = Runner.from_cfg(cfg)
+runner.train()
+print("MIOU", runner.test()["mIoU"])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MIOU" in result.stdout
+    assert len(list(tmp_path.glob("build*"))) == len(ALL_CONFIGS) == 19
+
+
+def test_image_sizes_scale_and_backbones_swap():
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(CONFIGS / "mmdet/mask_rcnn/mask-rcnn_secvit-small_fpn_ms-3x_coco.py"))
+    scale_image_sizes(cfg, 0.1)
+    resize = cfg.train_dataloader.dataset.pipeline[2]
+    assert resize.scales[0] == (133, 48) and resize.scales[-1] == (133, 80)
+    assert cfg.test_dataloader.dataset.pipeline[1].scale == (133, 80)
+    swap_backbone(cfg, "secvit_base")
+    assert cfg.model.backbone.model_name == "secvit_base" and cfg.model.backbone.drop_path_rate is None
+    assert cfg.model.neck.in_channels == [80, 160, 320, 512]
+    seg = Config.fromfile(str(CONFIGS / "mmseg/upernet/upernet_secvit-small_8xb2-160k_ade20k-512x512.py"))
+    swap_backbone(seg, "secvit_large")
+    assert seg.model.decode_head.in_channels == [112, 224, 448, 640] and seg.model.auxiliary_head.in_channels == 448
+
+
+def test_prepare_config_points_at_data_and_classes(tmp_path):
+    cfg = prepare_config(
+        CONFIGS / "mmdet/cascade_mask_rcnn/cascade-mask-rcnn_secvit-small_fpn_ms-3x_coco.py",
+        work_dir=tmp_path / "work", data_root=tmp_path / "coco", pretrained=None,
+        classes=["circle", "square", "triangle"], model="secvit_tiny",
+    )
+    assert cfg.test_evaluator.ann_file == str(tmp_path / "coco/annotations/instances_val2017.json")
+    assert cfg.train_dataloader.dataset.data_root == str(tmp_path / "coco")
+    assert [h.num_classes for h in cfg.model.roi_head.bbox_head] == [3, 3, 3]
+    assert cfg.model.roi_head.mask_head.num_classes == 3
+    assert cfg.model.backbone.model_name == "secvit_tiny" and cfg.resume
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, repo_root):
+    """A scratch project with the generated COCO and ADE20K data and secvit_tiny 'pretrained' weights."""
+    project = make_project(tmp_path_factory.mktemp("downstream"), repo_root)
+    for dataset in ("coco", "ade20k"):
+        result = secvit(project, "data", "--profile", "smoke", "--dataset", dataset)
+        assert result.returncode == 0, result.stderr[-2000:]
+    _save_weights(project / "runs/smoke/pretrain/secvit_tiny/best.pth")
+    return project
+
+
+def _kill_after(project: Path, args: list[str], marker: Path, timeout: float = 300) -> None:
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("secvit")), *args], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run ended or timed out before its first checkpoint"
+
+
+def _trained_steps(work_dir: Path) -> list[list[int]]:
+    """Training iterations logged by each run (attempt) in ``work_dir``, in order."""
+    runs = []
+    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json")):
+        rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
+        runs.append([r["step"] for r in rows if "loss" in r])
+    return runs
+
+
+def test_segmentation_resumes_after_a_kill(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["smoke"]["segmentation"]["schedule"].update(length=6, checkpoint_every=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    args = ["segment", "--profile", "smoke", "--model", "secvit_tiny", "--head", "semantic_fpn"]
+    work = project / "runs/smoke/segmentation/secvit_tiny-semantic_fpn"
+    _kill_after(project, args, work / "iter_2.pth")
+    result = secvit(project, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _trained_steps(work)
+    assert len(runs) == 2 and runs[1][0] > 2 and runs[1][-1] == 6, runs  # continued, not restarted
+    metrics = json.loads((project / "results/smoke/segmentation/secvit_tiny-semantic_fpn/metrics.json").read_text())
+    assert 0 <= metrics["miou"] <= 100 and 0 <= metrics["aacc"] <= 100
+    assert metrics["flops_input"] == "512x512" and metrics["gflops"] < metrics["gflops_all_ops"]
+    assert (work / Path((work / "last_checkpoint").read_text().strip()).name).name == "iter_6.pth"
+
+
+@pytest.mark.slow
+def test_detection_resumes_after_a_kill(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["smoke"]["detection"]["schedule"].update(length=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    args = ["detect", "--profile", "smoke", "--model", "secvit_tiny", "--detector", "retinanet", "--schedule", "1x"]
+    work = project / "runs/smoke/detection/secvit_tiny-retinanet-1x"
+    _kill_after(project, args, work / "epoch_1.pth")
+    result = secvit(project, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _trained_steps(work)
+    assert len(runs) == 2 and runs[1][0] > max(runs[0]) - 1 and runs[1][-1] == 16, runs  # epoch 2 only
+    metrics = json.loads((project / "results/smoke/detection/secvit_tiny-retinanet-1x/metrics.json").read_text())
+    for key in ("ap_b", "ap50_b", "ap75_b", "ap_s_b", "ap_m_b", "ap_l_b"):
+        assert 0 <= metrics[key] <= 100, key
+    assert metrics["flops_input"] == "800x1280"
+    assert 20 < metrics["params_m"] < 30  # RetinaNet with SecViT-T on 3 classes: ~22M (24M on COCO's 80)
+
+
+def test_bad_inputs_are_one_line_errors(project, tmp_path):
+    detect = ["detect", "--profile", "smoke", "--model", "secvit_tiny", "--detector", "mask_rcnn", "--schedule", "1x"]
+    assert "no detection setting mask_rcnn 2x" in one_line_error(secvit(project, *detect[:-1], "2x"))
+    _save_weights(tmp_path / "small.pth", "secvit_small")
+    message = one_line_error(secvit(project, *detect, "--weights", str(tmp_path / "small.pth")))
+    assert "does not match" in message and "secvit_tiny" in message
+    assert "no backbone weights" in one_line_error(secvit(project, *detect[:3], "secvit_small", *detect[4:]))
+
+    broken = make_project(tmp_path / "broken", project.parent)
+    broken.joinpath("params.yaml").write_text((project / "params.yaml").read_text())
+    (broken / "data/smoke/coco/annotations").mkdir(parents=True)
+    (broken / "data/smoke/coco/train2017").mkdir()
+    (broken / "data/smoke/coco/val2017").mkdir()
+    assert "instances_train2017.json is missing" in one_line_error(secvit(broken, *detect))
+    (broken / "data/smoke/ade20k/ADEChallengeData2016/images/training").mkdir(parents=True)
+    segment = ["segment", "--profile", "smoke", "--model", "secvit_tiny", "--head", "upernet"]
+    assert "annotations/training/ is missing" in one_line_error(secvit(broken, *segment))
