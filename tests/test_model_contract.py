@@ -254,6 +254,7 @@ def test_fx_symbolic_trace(model):
         traced(torch.randn(1, 3, 16, 16))
 
 
+@pytest.mark.slow
 def test_fx_feature_extractor(model):
     """timm's fx extractor: named stage outputs, and the features_only feature_cls='fx' wrapper."""
     x = _x()
