@@ -1,7 +1,8 @@
 """Paper figure 4: which tokens SECA puts in the same cluster.
 
 For every stage with more than one cluster, the first block's attention input
-(``norm1(x + cpe(x))``) is clustered exactly as the model does it
+(``norm1(x + cpe(x))``, recorded during ``forward_intermediates``) is clustered exactly
+as the model does it
 (:meth:`SECA.cluster_assignment`); each cluster gets a colour, upsampled with
 nearest neighbour to the image and blended 50% over it.
 """
@@ -71,28 +72,33 @@ def build_model(model_name: str, checkpoint: str | Path | None, ema: bool) -> nn
 def cluster_maps(model: nn.Module, x: Tensor, head: int = 0) -> list[tuple[int, int, Tensor]]:
     """``(stage index, clusters, labels (H, W))`` for every stage with more than one cluster.
 
-    Labels come from the first block of the stage, for attention head ``head``.
+    Labels come from the first block of the stage, for attention head ``head``: one
+    ``forward_intermediates`` pass (stopping after the last clustered stage) runs the model,
+    and a pre-hook on each of those attentions records exactly the input it clusters.
     """
     clustered = [i for i, c in enumerate(model.clusters) if c > 1]
     for i in clustered:
         heads = model.stages[i].blocks[0].attn.num_heads
         if not 0 <= head < heads:
             raise SecvitError(f"--head {head} is out of range: stage {i + 1} has {heads} heads (use 0..{heads - 1})")
-    maps: list[tuple[int, int, Tensor]] = []
-    x = model.stem(x)
-    for i, stage in enumerate(model.stages):
-        if not clustered or i > clustered[-1]:
-            break
-        x = stage.downsample(x)
-        rope = stage.rope(*x.shape[-2:])
-        if i in clustered:
-            block = stage.blocks[0]
-            y = x + block.cpe(x)
-            labels = block.attn.cluster_assignment(block.norm1(y), rope)[0, head]
-            maps.append((i, model.clusters[i], labels))
-        for block in stage.blocks:
-            x = block(x, rope)
-    return maps
+    if not clustered:
+        return []
+    attn_inputs: dict[int, tuple] = {}
+
+    def recorder(stage: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            attn_inputs[stage] = args
+
+        return hook
+
+    attns = {i: model.stages[i].blocks[0].attn for i in clustered}
+    handles = [attn.register_forward_pre_hook(recorder(i)) for i, attn in attns.items()]
+    try:
+        model.forward_intermediates(x, indices=clustered, stop_early=True, intermediates_only=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(i, model.clusters[i], attns[i].cluster_assignment(*attn_inputs[i])[0, head]) for i in clustered]
 
 
 def cluster_palette() -> np.ndarray:

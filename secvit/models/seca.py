@@ -201,3 +201,9 @@ class SECA(nn.Module):
         labels = torch.empty_like(order)
         labels.scatter_(2, order, labels_in_order.expand_as(order))
         return labels.reshape(bsz, self.num_heads, height, width)
+
+
+# torch.fx: cluster sizes depend on the token count (Python control flow on shapes), so
+# symbolic tracing records each clustering step as one opaque call instead of tracing into it.
+torch.fx.wrap("seca_reference")
+torch.fx.wrap("seca_batched")

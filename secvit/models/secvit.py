@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 import torch.utils.checkpoint
-from timm.layers import DropPath, LayerNorm2d, LayerScale2d, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, LayerScale2d, SelectAdaptivePool2d, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from secvit.errors import SecvitError
@@ -60,6 +62,39 @@ def _stage_size(size: int, stage: int) -> int:
     return size
 
 
+def _min_input_size(clusters: tuple[int, ...]) -> int:
+    """Smallest square input whose every stage has at least one token per cluster."""
+    size = 1
+    while any(_stage_size(size, i) ** 2 < c for i, c in enumerate(clusters)):
+        size += 1
+    return size
+
+
+@torch.fx.wrap
+def _check_input(x: Tensor, in_chans: int, clusters: tuple[int, ...]) -> Tensor:
+    """Return ``x`` unchanged, or raise a one-line :class:`SecvitError` saying what is wrong with it.
+
+    Wrapped for torch.fx: tracing records one opaque call (kept in the graph because
+    its result feeds the stem) instead of failing on Python control flow over shapes.
+    """
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        shape = "x".join(map(str, x.shape))
+        raise SecvitError(
+            f"expected a batch of {in_chans}-channel (RGB) images shaped (B, {in_chans}, H, W), "
+            f"got {shape}; convert images to RGB first"
+        )
+    height, width = x.shape[-2:]
+    for i, stage_clusters in enumerate(clusters):
+        tokens = _stage_size(height, i) * _stage_size(width, i)
+        if tokens < stage_clusters:
+            size = _min_input_size(clusters)
+            raise SecvitError(
+                f"input {height}x{width} is too small: stage {i + 1} would have {tokens} tokens for "
+                f"{stage_clusters} clusters; use images of at least {size}x{size}"
+            )
+    return x
+
+
 class Stem(nn.Sequential):
     """Stride-4 convolutional stem that also validates the input image."""
 
@@ -72,31 +107,14 @@ class Stem(nn.Sequential):
             _conv_bn(half, width, 2, act=False),
         )
         self.in_chans = in_chans
-        self.clusters = clusters
+        self.clusters = tuple(clusters)
 
     def min_size(self) -> int:
         """Smallest square input whose every stage has at least one token per cluster."""
-        size = 1
-        while any(_stage_size(size, i) ** 2 < c for i, c in enumerate(self.clusters)):
-            size += 1
-        return size
+        return _min_input_size(self.clusters)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            shape = "x".join(map(str, x.shape))
-            raise SecvitError(
-                f"expected a batch of {self.in_chans}-channel (RGB) images shaped (B, {self.in_chans}, H, W), "
-                f"got {shape}; convert images to RGB first"
-            )
-        height, width = x.shape[-2:]
-        for i, clusters in enumerate(self.clusters):
-            tokens = _stage_size(height, i) * _stage_size(width, i)
-            if tokens < clusters:
-                raise SecvitError(
-                    f"input {height}x{width} is too small: stage {i + 1} would have {tokens} tokens for "
-                    f"{clusters} clusters; use images of at least {self.min_size()}x{self.min_size()}"
-                )
-        return super().forward(x)
+        return super().forward(_check_input(x, self.in_chans, self.clusters))
 
 
 class ConvFFN(nn.Module):
@@ -163,7 +181,7 @@ class SecStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
-        rope = self.rope(*x.shape[-2:])
+        rope = self.rope(x.shape[-2], x.shape[-1])  # not *x.shape[-2:]: torch.fx cannot unpack it
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
@@ -172,22 +190,51 @@ class SecStage(nn.Module):
         return x
 
 
-class ClassifierHead(nn.Module):
-    """1x1 conv to ``hidden`` channels, BN, Swish, global average pool, dropout, linear classifier."""
+POOL_TYPES = ("avg", "max", "avgmax", "")
 
-    def __init__(self, in_dim: int, hidden: int, num_classes: int, drop_rate: float) -> None:
+
+def _global_pool(pool_type: str) -> SelectAdaptivePool2d:
+    if pool_type not in POOL_TYPES:
+        raise ValueError(f"global_pool must be one of {POOL_TYPES} ('' = no pooling), got {pool_type!r}")
+    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+
+
+class ClassifierHead(nn.Module):
+    """1x1 conv to ``hidden`` channels, BN, Swish, global pool, dropout, linear classifier.
+
+    With ``pool_type=''`` nothing is pooled: the head returns (B, hidden, H, W) maps
+    (``pre_logits`` or no classifier) or per-position logits (B, classes, H, W), the
+    classifier acting as a 1x1 conv with the same weights.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, num_classes: int, drop_rate: float, pool_type: str = "avg") -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_dim, hidden, 1)
         self.norm = nn.BatchNorm2d(hidden)
         self.act = nn.SiLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = _global_pool(pool_type)
         self.drop = nn.Dropout(drop_rate)
+        self.in_features = hidden
         self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
+    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        """New classifier for ``num_classes`` (0: none) and, unless None, a new pooling type."""
+        if pool_type is not None:
+            self.pool = _global_pool(pool_type)
+        self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def remove_projection(self, in_dim: int) -> None:
+        """Drop the 1x1 conv, BN and Swish (their input stage was pruned); ``in_dim`` feeds the pool now."""
+        self.proj, self.norm, self.act = nn.Identity(), nn.Identity(), nn.Identity()
+        self.in_features = in_dim
+
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.pool(self.act(self.norm(self.proj(x)))).flatten(1)
-        x = self.drop(x)
-        return x if pre_logits else self.fc(x)
+        x = self.drop(self.pool(self.act(self.norm(self.proj(x)))))
+        if pre_logits or isinstance(self.fc, nn.Identity):
+            return x
+        if self.pool.is_identity():  # unpooled NCHW: the linear classifier as a 1x1 conv
+            return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(x)
 
 
 class SecViT(nn.Module):
@@ -209,8 +256,6 @@ class SecViT(nn.Module):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        if global_pool != "avg":
-            raise ValueError("SecViT only supports global_pool='avg'")
         self.num_classes = num_classes
         self.num_features = widths[-1]
         self.head_hidden_size = head_hidden_size
@@ -235,7 +280,7 @@ class SecViT(nn.Module):
             start += depth
             self.feature_info.append(dict(num_chs=width, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.head = ClassifierHead(widths[-1], head_hidden_size, num_classes, drop_rate)
+        self.head = ClassifierHead(widths[-1], head_hidden_size, num_classes, drop_rate, global_pool)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -266,8 +311,73 @@ class SecViT(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier (``num_classes=0``: none, forward returns pooled features).
+
+        ``global_pool``: None keeps the pooling, one of ``"avg"``, ``"max"``, ``"avgmax"``
+        selects it, ``""`` disables it (forward then returns (B, head_hidden_size, H, W)
+        maps, or per-position logits when ``num_classes > 0``).
+        """
         self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.reset(num_classes, global_pool)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs (NCHW, strides 4, 8, 16, 32) alongside the final features.
+
+        Args:
+            indices: stages to return: None = all four, an int n = the last n, a list = those
+                stages (negative counts from the end).
+            norm: accepted for timm compatibility; SecViT has no norm between the stages and
+                the head, so it changes nothing.
+            stop_early: stop after the last requested stage (the final features are then that
+                stage's output).
+            output_fmt: only ``"NCHW"``.
+            intermediates_only: return only the list of intermediates.
+
+        Returns:
+            ``intermediates`` if ``intermediates_only``, else ``(final features, intermediates)``
+            where the final features are what :meth:`forward_features` returns.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"SecViT intermediates are NCHW only, got output_fmt={output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] | tuple[int, ...] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and, with ``prune_head``, the head).
+
+        Returns the absolute stage indices. After pruning the head, :meth:`forward` returns
+        the last kept stage's (B, C, H, W) output; ``num_features`` is that stage's width.
+        ``prune_norm`` changes nothing (there is no final norm).
+        """
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_head:
+            self.head.remove_projection(self.feature_info[max_index]["num_chs"])
+            self.reset_classifier(0, "")
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        return take_indices
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.stages(self.stem(x))
@@ -395,7 +505,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SecViT:
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        # features_only: FeatureGetterNet over forward_intermediates (pruned to the last
+        # requested stage, input validation kept); feature_cls="fx" also works.
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
         **model_args,
     )
 
