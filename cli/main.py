@@ -10,6 +10,8 @@ from cli import data, downstream, models, repro, results, train
 
 # torch 2.14 warns on every import of libraries that still call torch.jit.script.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
+# mmengine resolves `mmdet::`/`mmseg::` config bases through pkg_resources (setuptools pinned below 81 for it).
+warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated")
 
 app = typer.Typer(
     name="secvit",

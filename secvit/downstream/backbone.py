@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy._core.multiarray import _reconstruct, scalar
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import BaseModule
@@ -51,9 +52,10 @@ class AtomicLocalBackend(LocalBackend):
         self.put(obj.encode(encoding), filepath)
 
 
-# mmengine checkpoints hold its log history and numpy scalars next to the tensors.
+# mmengine checkpoints hold its log history (HistoryBuffer, which pickles its statistics methods through
+# getattr) and numpy arrays and scalars next to the tensors. These are the work directory's own files.
 torch.serialization.add_safe_globals(
-    [HistoryBuffer, np.dtype, np.ndarray, np.core.multiarray._reconstruct, np.core.multiarray.scalar]
+    [HistoryBuffer, getattr, np.dtype, np.ndarray, _reconstruct, scalar]
     + [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
 )
 

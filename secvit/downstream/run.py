@@ -292,8 +292,7 @@ def curve_rows(work_dir: str | Path) -> list[dict[str, Any]]:
 def _stage_channels(model_name: str) -> list[int]:
     from secvit.models.registry import create
 
-    with torch.device("meta"):
-        return [info["num_chs"] for info in create(model_name).feature_info]
+    return [info["num_chs"] for info in create(model_name).feature_info]
 
 
 def swap_backbone(cfg: Any, model_name: str) -> None:
@@ -308,9 +307,10 @@ def swap_backbone(cfg: Any, model_name: str) -> None:
         part = cfg["model"].get(name)
         if not part:
             continue
-        if list(part.get("in_channels", [])) == old_sel:
+        channels = part.get("in_channels")
+        if isinstance(channels, (list, tuple)) and list(channels) == old_sel:
             part["in_channels"] = new_sel
-        elif isinstance(part.get("in_channels"), int) and isinstance(part.get("in_index"), int):
+        elif isinstance(channels, int) and isinstance(part.get("in_index"), int):
             part["in_channels"] = new_sel[part["in_index"]]
     backbone["model_name"] = model_name
     backbone["drop_path_rate"] = None  # the model's own default
