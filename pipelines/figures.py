@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.pretrain import run_dir
 from pipelines.settings import load
+from secvit.runs import results_root, run_dir
 
 
 @dataclass
@@ -20,6 +20,6 @@ def figures_stage(profile: str, params: Path) -> Path:
 
     cfg = load(params, profile, "figures", FiguresConfig)
     checkpoint = run_dir(profile, cfg.model) / "best.pth"
-    out = Path("results") / profile / "plots" / "clusters.png"
+    out = results_root(profile) / "plots" / "clusters.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     return visualize_clusters(cfg.image, cfg.model, checkpoint=checkpoint, out=out)
