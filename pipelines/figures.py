@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.settings import load
-from secvit.runs import results_root, run_dir
+from secvit.runs import BEST, results_root, run_dir
 
 
 @dataclass
@@ -19,7 +19,7 @@ def figures_stage(profile: str, params: Path) -> Path:
     from secvit.visualize import visualize_clusters
 
     cfg = load(params, profile, "figures", FiguresConfig)
-    checkpoint = run_dir(profile, cfg.model) / "best.pth"
+    checkpoint = run_dir(profile, cfg.model) / BEST
     out = results_root(profile) / "plots" / "clusters.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     return visualize_clusters(cfg.image, cfg.model, checkpoint=checkpoint, out=out)
