@@ -7,8 +7,8 @@ Layout, relative to the project directory (``dvc.yaml`` spells the same paths ou
     results/<profile>/<task>/<run>/    metrics.json, eval.json, dvclive/
 
 ``<task>`` is ``pretrain`` for ImageNet pretraining. ``<run>`` is :func:`run_key`: the model
-name, or for the table-7 sweep ``<model>-c<clusters joined by ->``. This module imports
-neither torch nor timm.
+name, or for the table-7 sweep ``<model>-c<clusters joined by ->``. This module itself
+imports neither torch nor timm (importing the ``secvit`` package still does).
 """
 
 from __future__ import annotations

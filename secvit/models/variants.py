@@ -2,7 +2,8 @@
 
 The model file (:mod:`secvit.models.secvit`) builds the networks from it, and the tables
 (:mod:`secvit.tables.results`) read the implemented names and default cluster settings
-from it. This module imports neither torch nor timm.
+from it. This module itself imports neither torch nor timm (importing the ``secvit``
+package still does: it registers the models with timm).
 """
 
 from __future__ import annotations

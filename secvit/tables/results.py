@@ -15,7 +15,9 @@ written as 1 (``secvit_small-c64-16-4-1``); a model's released clusters (32/8/2/
 its plain run.
 
 :meth:`Results.measured` maps one row of the paper's tables onto our numbers.
-Like :mod:`secvit.tables.paper` this module needs neither torch nor timm.
+Like :mod:`secvit.tables.paper` this module itself imports neither torch nor timm (its
+model data comes from the plain-data :mod:`secvit.models.variants`); importing the
+``secvit`` package still does, since it registers the models with timm.
 """
 
 from __future__ import annotations
