@@ -9,8 +9,7 @@ import typer
 
 from cli.common import ParamsOpt, console, user_errors
 from secvit.errors import SecvitError
-
-PROFILES = ("smoke", "paper")
+from secvit.params import check_profile
 
 
 def tables(
@@ -20,14 +19,14 @@ def tables(
     ] = None,
 ) -> None:
     """Write <results>/tables.md (paper tables 1-8 next to our numbers) and <results>/plots/*.png."""
+    from secvit.runs import results_root
     from secvit.tables.plots import write_plots
     from secvit.tables.render import write_tables
 
-    if profile not in PROFILES:
-        raise SecvitError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    check_profile(profile)
     if results is not None and not results.is_dir():
         raise SecvitError(f"results directory {results} does not exist; run the pipeline first or fix --results")
-    results_dir = results if results is not None else Path("results") / profile
+    results_dir = results if results is not None else results_root(profile)
     out = results_dir / "tables.md"
     write_tables(results_dir, profile, out)
     plots = write_plots(results_dir, profile)

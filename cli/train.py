@@ -39,14 +39,23 @@ def pretrain(
 
 def evaluate(
     model: Annotated[str, typer.Option(help="Backbone, e.g. secvit_small.")],
-    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint: released .pth, ours, or .safetensors (default: the run's best.pth).")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoint: released .pth, ours (e.g. the run's last.pth), or .safetensors (default: the run's best.pth)."),
+    ] = None,
     profile: ProfileOpt = "smoke",
     params: ParamsOpt = Path("params.yaml"),
     data: Annotated[Path | None, typer.Option(help="ImageNet root (default: <profile>.data.imagenet).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here too.")] = None,
     executor: ExecutorOpt = "local",
 ) -> None:
-    """Top-1/top-5 of a checkpoint on the validation split, raw and EMA weights."""
+    """Top-1/top-5 of a checkpoint on the validation split.
+
+    By default the run's best.pth (runs/<profile>/pretrain/<model>/): the best epoch's better
+    weights, raw or EMA, i.e. the number the paper reports; the result goes to
+    results/<profile>/pretrain/<model>/eval.json too. A checkpoint holding raw and EMA weights
+    (last.pth, released files) is evaluated with both.
+    """
     from pipelines.evaluate import evaluate_stage
     from secvit.slurm import run_on_slurm, use_slurm
 

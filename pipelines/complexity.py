@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.settings import load
-from pipelines.sweep import run_name, sweep_config
-from secvit.models.secvit import VARIANTS
+from pipelines.sweep import sweep_config
+from secvit.models.variants import default_clusters
+from secvit.runs import results_root, run_key
 
 
 @dataclass
@@ -22,7 +23,7 @@ class ComplexityConfig:
 
 
 def output(profile: str) -> Path:
-    return Path("results") / profile / "complexity.json"
+    return results_root(profile) / "complexity.json"
 
 
 def complexity_stage(profile: str, params: Path) -> Path:
@@ -46,9 +47,9 @@ def complexity_stage(profile: str, params: Path) -> Path:
             speed = throughput(model, cfg.img_size, cfg.throughput_batch, cfg.throughput_steps, cfg.throughput_warmup, device=device)
         rows.append(
             {
-                "key": run_name(model, clusters),
+                "key": run_key(model, clusters),
                 "model": model,
-                "clusters": list(clusters or VARIANTS[model].clusters) if model in VARIANTS else None,
+                "clusters": list(clusters or default_clusters(model) or []) or None,
                 "params": result.params,
                 "gflops": round(result.gflops, 4),
                 "gflops_no_attn": round(result.gflops_no_attn, 4),

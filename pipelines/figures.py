@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.pretrain import run_dir
 from pipelines.settings import load
+from secvit.runs import BEST, results_root, run_dir
 
 
 @dataclass
@@ -19,7 +19,7 @@ def figures_stage(profile: str, params: Path) -> Path:
     from secvit.visualize import visualize_clusters
 
     cfg = load(params, profile, "figures", FiguresConfig)
-    checkpoint = run_dir(profile, cfg.model) / "best.pth"
-    out = Path("results") / profile / "plots" / "clusters.png"
+    checkpoint = run_dir(profile, cfg.model) / BEST
+    out = results_root(profile) / "plots" / "clusters.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     return visualize_clusters(cfg.image, cfg.model, checkpoint=checkpoint, out=out)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from secvit.errors import SecvitError
-from secvit.params import PROFILES
+from secvit.params import check_profile
 
 
 def targets(profile: str) -> list[str]:
@@ -33,8 +33,7 @@ def check_repo(root: Path) -> None:
 
 def repro_local(profile: str, root: Path = Path(".")) -> Path:
     """`dvc repro` the profile's targets in this process's environment; returns the tables path."""
-    if profile not in PROFILES:
-        raise SecvitError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    check_profile(profile)
     check_repo(root)
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages call this secvit

@@ -40,7 +40,7 @@ from pipelines.repro import check_repo
 from pipelines.repro import targets as profile_targets
 from secvit.atomic import write_json
 from secvit.errors import SecvitError
-from secvit.params import PROFILES
+from secvit.params import check_profile
 from secvit.slurm import (
     ACTIVE,
     SlurmConfig,
@@ -277,8 +277,7 @@ def job_folder(root: Path, cfg: SlurmConfig, profile: str) -> Path:
 def repro_slurm(profile: str, root: Path = Path("."), targets: list[str] | None = None, poll_s: float = 5.0) -> Path:
     """Run the stale stages of ``profile`` (or of ``targets`` and upstream) as SLURM jobs,
     commit each to DVC as it completes; returns the path of the profile's tables."""
-    if profile not in PROFILES:
-        raise SecvitError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    check_profile(profile)
     check_repo(root)
     root = root.resolve()
     cfg = load_slurm_config(root / "params.yaml")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from pathlib import Path
 
 from secvit.errors import SecvitError
 from secvit.params import from_section, load_params, section
+from secvit.runs import run_key
 
 
 @dataclass
@@ -17,6 +17,14 @@ class SweepConfig:
 
     def parsed(self) -> list[tuple[int, ...]]:
         return [parse_clusters(c) for c in self.clusters]
+
+    def validate(self, where: str) -> None:
+        for text, clusters in zip(self.clusters, self.parsed()):
+            if run_key(self.model, clusters) == self.model:  # dvc.yaml names sweep runs <model>-c<clusters>
+                raise SecvitError(
+                    f"'{where}.clusters': {text} is {self.model}'s own setting, trained by its plain run "
+                    f"(pretrain@<profile>-{self.model}); remove it from the sweep"
+                )
 
 
 def parse_clusters(text: str) -> tuple[int, ...]:
@@ -28,11 +36,6 @@ def parse_clusters(text: str) -> tuple[int, ...]:
     if len(values) != 4 or any(v < 1 for v in values):
         raise SecvitError(f"clusters must be four positive integers like 64-16-4-1, got {text!r}")
     return values
-
-
-def run_name(model: str, clusters: tuple[int, ...] | None) -> str:
-    """``secvit_small`` or ``secvit_small-c64-16-4-1``."""
-    return model if clusters is None else f"{model}-c{'-'.join(map(str, clusters))}"
 
 
 def sweep_config(params_path: str | Path) -> SweepConfig:

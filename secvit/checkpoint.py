@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import struct
 import sys
 import zipfile
 from collections.abc import Callable
@@ -28,20 +29,79 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, 
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
+#: What loading raises on bytes that are not a complete checkpoint of the format they start like:
+#: torch's RuntimeError (zip archive and magic-number checks) and AssertionError (legacy loader,
+#: missing storage key), safetensors' SafetensorError, and what Python's pickle machine raises on
+#: a malformed stream (the pickle docs name UnpicklingError, AttributeError, EOFError, ImportError
+#: and IndexError; a malformed stream also gives KeyError for a missing memo entry, ValueError,
+#: TypeError, UnicodeDecodeError, and struct.error or OverflowError for bad lengths). The file's
+#: bytes are the only input of these calls and the message keeps the exception's text.
+#: MemoryError is left alone: it may be a real shortage.
+_MALFORMED = (
+    SafetensorError,
+    RuntimeError,
+    AssertionError,
+    pickle.UnpicklingError,
+    EOFError,
+    AttributeError,
+    ImportError,
+    IndexError,
+    KeyError,
+    ValueError,
+    TypeError,
+    UnicodeDecodeError,
+    struct.error,
+    OverflowError,
+)
+_PICKLE_PROTOCOLS = (2, 3, 4, 5)  # torch.save writes protocol 2; legacy files may use a later one
+
+
+def _not_torch_file(path: Path) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` file (a zip archive holding ``<name>/data.pkl``, or a
+    legacy binary pickle), or None when it looks like one. Read before ``torch.load``, so that text or
+    random bytes never reach the unpickler."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head:
+        return "empty file"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as e:
+            return f"a truncated or damaged zip archive: {e}"
+        if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+            return "a zip archive without data.pkl, not written by torch.save"
+        return None
+    if head[0] == 0x80 and len(head) > 1 and head[1] in _PICKLE_PROTOCOLS:
+        return None
+    return f"neither a zip archive nor a binary pickle; it starts with {head!r}"
+
+
 def load_file_checked(path: str | Path, full: bool = False) -> dict[str, Any]:
     """Load a ``.pth``/``.pt``/``.safetensors`` checkpoint or raise a one-line :class:`SecvitError`.
 
     ``full=True`` allows non-tensor objects (our own training checkpoints, which hold
     optimizer state and RNG states); released weights load with ``weights_only``.
+    Empty, text, random, truncated or foreign files (a zip archive that torch did not
+    write, a pickle of something else) are one-line errors; so is an unreadable file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SecvitError(f"checkpoint {path} is a directory, not a file")
     if not path.is_file():
         raise SecvitError(f"checkpoint {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            return load_file(path)
-        obj = torch.load(path, map_location="cpu", weights_only=not full)
-    except (SafetensorError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+            obj = load_file(path)
+        else:
+            problem = _not_torch_file(path)
+            if problem is not None:
+                raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({problem})")
+            obj = torch.load(path, map_location="cpu", weights_only=not full)
+    except OSError as e:
+        raise SecvitError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    except _MALFORMED as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({first[:120]})") from e
     if not isinstance(obj, dict):

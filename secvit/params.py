@@ -18,8 +18,16 @@ import yaml
 
 from secvit.errors import SecvitError
 
+#: The profiles of params.yaml: ``smoke`` (CPU, generated data) and ``paper`` (the full study).
 PROFILES = ("smoke", "paper")
 T = TypeVar("T")
+
+
+def check_profile(profile: str) -> str:
+    """``profile`` if it is one of :data:`PROFILES`, else a one-line :class:`SecvitError`."""
+    if profile not in PROFILES:
+        raise SecvitError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    return profile
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -51,9 +59,10 @@ def section(params: dict[str, Any], dotted: str, source: str = "params.yaml") ->
 
 
 def profile_section(params: dict[str, Any], profile: str, name: str, source: str = "params.yaml") -> Any:
+    check_profile(profile)
     if profile not in params:
         known = ", ".join(p for p in params if p in PROFILES) or "none"
-        raise SecvitError(f"unknown profile {profile!r}; {source} defines: {known}")
+        raise SecvitError(f"{source} has no profile {profile!r} (it defines: {known})")
     return section(params, f"{profile}.{name}", source)
 
 

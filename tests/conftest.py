@@ -1,9 +1,13 @@
+import os
+import shutil
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers (released.py, ...)
@@ -36,3 +40,44 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
     return lines[0]
+
+
+BIN = Path(sys.executable).parent
+
+
+def tool_env() -> dict[str, str]:
+    """The environment with this interpreter's bin/ first on PATH, so `secvit`, `dvc` and `torchrun` are ours."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run(cwd: Path, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run a command (dvc, git, secvit, SLURM tools) in ``cwd`` with :func:`tool_env`; with ``check``, assert it succeeded."""
+    result = subprocess.run(list(args), cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{args}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def scratch_repo(repo_root: Path, dest: Path, untracked: bool = False, params: dict[str, Any] | None = None) -> Path:
+    """A fresh git repository (one commit; DVC and DVCLive need one) holding the project's tracked files,
+    with ``untracked``: also the new files git does not ignore; ``params``: dotted keys changed in params.yaml."""
+    listing = ["git", "ls-files", "-z"] + (["--cached", "--others", "--exclude-standard"] if untracked else [])
+    for name in filter(None, run(repo_root, *listing).stdout.split("\0")):
+        if (repo_root / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo_root / name, dest / name)
+    if params:
+        data = yaml.safe_load((dest / "params.yaml").read_text())
+        for dotted, value in params.items():
+            *parents, key = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node[part]
+            node[key] = value
+        (dest / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    run(dest, "git", "init", "-q")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch")
+    return dest

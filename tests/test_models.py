@@ -1,13 +1,15 @@
 """SecViT models: exact architecture, timm interface, released checkpoints, bad input."""
 
 import json
-import subprocess
-import sys
+import pickle
+import zipfile
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from conftest import make_project, one_line_error
+from conftest import secvit as secvit_cli
 from released import released_forward, released_state_dict
 
 import secvit
@@ -15,7 +17,6 @@ from secvit.checkpoint import load_weights
 from secvit.errors import SecvitError
 from secvit.models import available_models, checkpoint_filter_fn, create
 
-SECVIT = str(Path(sys.executable).with_name("secvit"))
 PARAMS = {"secvit_tiny": 14_981_800, "secvit_small": 26_776_104, "secvit_base": 54_682_776, "secvit_large": 96_495_096}
 # fvcore GFLOPs at 224x224 from the notes: (all ops, without attention matmuls)
 GFLOPS = {"secvit_tiny": (2.72, 2.51), "secvit_small": (4.76, 4.37), "secvit_base": (10.41, 9.68), "secvit_large": (19.39, 18.36)}
@@ -102,7 +103,7 @@ def test_pretrained_released_checkpoint_and_convert(tmp_path):
         torch.testing.assert_close(logits, released_forward(_double(ema), "secvit_tiny", x))
 
     out = tmp_path / "tiny.safetensors"
-    result = subprocess.run([SECVIT, "convert", str(path), str(out), "--model", "secvit_tiny", "--ema"], capture_output=True, text=True)
+    result = secvit_cli(tmp_path, "convert", str(path), str(out), "--model", "secvit_tiny", "--ema")
     assert result.returncode == 0, result.stderr
     converted = timm.create_model("secvit_tiny", pretrained=True, pretrained_cfg_overlay={"file": str(out)})
     with torch.no_grad():
@@ -160,7 +161,7 @@ def test_bad_input_errors():
 
 
 def _cli(*args):
-    return subprocess.run([SECVIT, *args], capture_output=True, text=True)
+    return secvit_cli(Path.cwd(), *args)
 
 
 def test_cli_errors_are_one_line():
@@ -169,10 +170,45 @@ def test_cli_errors_are_one_line():
         (("complexity", "secvit_tiny", "--img-size", "16"), "error: input 16x16 is too small"),
         (("convert", "/nonexistent.pth", "/tmp/x.safetensors", "--model", "secvit_tiny"), "error: checkpoint /nonexistent.pth does not exist"),
     ]:
-        result = _cli(*args)
-        assert result.returncode == 2
-        assert result.stderr.strip().startswith(message), result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert one_line_error(_cli(*args)).startswith(message)
+
+
+def _zip_not_torch(path):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("weights.txt", "not a tensor")
+
+
+def _truncated(path):
+    torch.save({"model": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+
+
+NOT_CHECKPOINTS = {
+    "text": (lambda p: p.write_text("these are not weights\n"), "neither a zip archive nor a binary pickle"),
+    "code as text": (lambda p: p.write_text("cos\nsystem\n(S'echo unpickled'\ntR."), "neither a zip archive nor a binary pickle"),
+    "random bytes": (lambda p: p.write_bytes(bytes(range(7, 256)) * 8), "neither a zip archive nor a binary pickle"),
+    "empty": (lambda p: p.write_bytes(b""), "empty file"),
+    "torch.save of a list": (lambda p: torch.save([torch.zeros(1)], p), "holds a list, expected a dict of tensors"),
+    "pickle of a list": (lambda p: p.write_bytes(pickle.dumps([1, 2, 3], protocol=4)), "corrupt or not a PyTorch"),
+    "zip, not torch": (_zip_not_torch, "a zip archive without data.pkl"),
+    "truncated": (_truncated, "a truncated or damaged zip archive"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_CHECKPOINTS))
+def test_not_a_checkpoint_is_one_line(case, tmp_path, repo_root):
+    """convert and evaluate turn any file that is not a checkpoint into `error: ...` (exit 2)."""
+    write, expected = NOT_CHECKPOINTS[case]
+    project = make_project(tmp_path / "project", repo_root)
+    bad = project / "bad.pth"
+    write(bad)
+    for args in (
+        ("convert", "bad.pth", "out.safetensors", "--model", "secvit_tiny"),
+        ("evaluate", "--checkpoint", "bad.pth", "--model", "secvit_tiny", "--profile", "smoke"),
+    ):
+        message = one_line_error(secvit_cli(project, *args))
+        assert message.startswith("error: checkpoint bad.pth ") and expected in message, (args, message)
+    assert not (project / "out.safetensors").exists() and not (project / "results").exists()
 
 
 def test_cli_complexity_json_secvit_small():

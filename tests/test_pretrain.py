@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import SECVIT, make_project, one_line_error, secvit
 
 from secvit.engine.config import PretrainConfig
 from secvit.errors import SecvitError
 from secvit.params import from_section, load_params
-
-SECVIT = str(Path(sys.executable).with_name("secvit"))
 
 
 @pytest.fixture(scope="module")
@@ -80,24 +79,14 @@ def test_missing_setting_and_accumulation(params):
 # ---- real smoke runs (subprocesses of the `secvit` CLI in a scratch project)
 
 
-def _project(tmp: Path, repo_root: Path) -> Path:
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "params.yaml").write_text((repo_root / "params.yaml").read_text())
-    return tmp
-
-
-def _run(project: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([SECVIT, *args], cwd=project, capture_output=True, text=True, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, repo_root):
     """The smoke dataset (with one corrupt image) and an uninterrupted smoke run of secvit_tiny."""
-    project = _project(tmp_path_factory.mktemp("smoke"), repo_root)
-    assert _run(project, "data", "--profile", "smoke", "--dataset", "imagenet").returncode == 0
+    project = make_project(tmp_path_factory.mktemp("smoke"), repo_root)
+    assert secvit(project, "data", "--profile", "smoke", "--dataset", "imagenet").returncode == 0
     corrupt = project / "data/smoke/imagenet/train/n01441764/n01441764_999.JPEG"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    result = _run(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny")
+    result = secvit(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny")
     assert result.returncode == 0, result.stderr[-2000:]
     return project
 
@@ -122,13 +111,44 @@ def test_smoke_run_learns_and_reports(smoke):
 
 
 def test_evaluate_checkpoint(smoke):
-    result = _run(smoke, "evaluate", "--profile", "smoke", "--model", "secvit_tiny")
+    """The evaluate stage re-measures the paper's number (best.pth); --checkpoint last.pth gives raw and EMA."""
+    result = secvit(smoke, "evaluate", "--profile", "smoke", "--model", "secvit_tiny")
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(result.stdout)
-    final = _metrics(smoke)
+    metrics = _metrics(smoke)
+    assert data["checkpoint"] == "runs/smoke/pretrain/secvit_tiny/best.pth"
     assert data["images"] == 128
-    assert data["top1"] == pytest.approx(final["final_top1"]) and data["top1_ema"] == pytest.approx(final["final_top1_ema"])
-    assert json.loads((smoke / "results/smoke/pretrain/secvit_tiny/eval.json").read_text())["top5"] == data["top5"]
+    assert (data["weights"], data["epoch"]) == (metrics["best_weights"], metrics["best_epoch"])
+    assert data["top1"] == pytest.approx(metrics["best_top1"]) and data["top5"] == pytest.approx(metrics["best_top5"])
+    assert "top1_ema" not in data  # best.pth holds one set of weights
+    assert json.loads((smoke / "results/smoke/pretrain/secvit_tiny/eval.json").read_text()) == data
+
+    last = secvit(smoke, "evaluate", "--profile", "smoke", "--model", "secvit_tiny", "--checkpoint", "runs/smoke/pretrain/secvit_tiny/last.pth")
+    assert last.returncode == 0, last.stderr[-2000:]
+    final = json.loads(last.stdout)
+    assert final["top1"] == pytest.approx(metrics["final_top1"]) and final["top1_ema"] == pytest.approx(metrics["final_top1_ema"])
+    assert json.loads((smoke / "results/smoke/pretrain/secvit_tiny/eval.json").read_text()) == data  # explicit checkpoint: stdout only
+
+
+def test_evaluate_help_names_the_default_checkpoint(tmp_path, repo_root):
+    result = secvit(make_project(tmp_path, repo_root), "evaluate", "--help", env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "default: the run's best.pth" in text and "last.pth" in text
+    assert "eval.json" in text
+
+
+def test_evaluate_without_a_trained_run_is_one_line(tmp_path, repo_root):
+    message = one_line_error(secvit(make_project(tmp_path, repo_root), "evaluate", "--profile", "smoke", "--model", "secvit_tiny"))
+    assert "runs/smoke/pretrain/secvit_tiny/best.pth does not exist" in message and "secvit pretrain" in message
+
+
+def test_unknown_model_is_reported_first(tmp_path, repo_root):
+    """Before the recipe (no drop_path for it) and before the dataset (not generated here)."""
+    project = make_project(tmp_path, repo_root)
+    for stage in ("pretrain", "evaluate"):
+        message = one_line_error(secvit(project, stage, "--profile", "smoke", "--model", "secvit_huge"))
+        assert message.startswith("error: unknown model 'secvit_huge'; choose one of: secvit_base"), message
 
 
 def _position(last: Path) -> tuple[int, int]:
@@ -138,7 +158,7 @@ def _position(last: Path) -> tuple[int, int]:
 
 def test_resume_after_sigkill_is_exact(smoke, tmp_path, repo_root):
     """Kill a run mid-epoch with SIGKILL, run the same command again: identical result."""
-    project = _project(tmp_path / "killed", repo_root)
+    project = make_project(tmp_path / "killed", repo_root)
     (project / "data").symlink_to(smoke / "data")
     last = project / "runs/smoke/pretrain/secvit_tiny/last.pth"
     proc = subprocess.Popen([SECVIT, "pretrain", "--profile", "smoke", "--model", "secvit_tiny"], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -152,7 +172,7 @@ def test_resume_after_sigkill_is_exact(smoke, tmp_path, repo_root):
     proc.wait()
     killed_at = _position(last)
     assert killed_at[1] > 0, killed_at  # killed mid-epoch
-    result = _run(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny")
+    result = secvit(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming secvit_tiny" in result.stderr
     resumed, straight = _metrics(project), _metrics(smoke)
@@ -167,20 +187,18 @@ def test_resume_after_sigkill_is_exact(smoke, tmp_path, repo_root):
 
 
 def test_bad_dataset_layout_is_one_line(tmp_path, repo_root):
-    project = _project(tmp_path, repo_root)
+    project = make_project(tmp_path, repo_root)
     params = yaml.safe_load((project / "params.yaml").read_text())
     (project / "data/smoke/imagenet/train/n01440764").mkdir(parents=True)
-    result = _run(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny")
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "val" in result.stderr
+    message = one_line_error(secvit(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny"))
+    assert "val" in message
     assert params["smoke"]["data"]["imagenet"] == "data/smoke/imagenet"
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_reach_the_same_global_batch(smoke, tmp_path, repo_root):
     """torchrun with 2 CPU processes (gloo): world size 2, no accumulation, same global batch."""
-    project = _project(tmp_path / "ddp", repo_root)
+    project = make_project(tmp_path / "ddp", repo_root)
     (project / "data").symlink_to(smoke / "data")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["smoke"]["pretrain"]["epochs"] = 1

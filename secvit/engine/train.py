@@ -1,4 +1,6 @@
-"""ImageNet pretraining: a plain loop you can read top to bottom.
+"""ImageNet pretraining, laid out like DeiT's engine: :func:`train_one_epoch` (the step loop),
+:func:`evaluate_epoch`, the checkpoint helpers, and :func:`pretrain`, the loop around them
+(for each epoch: train one epoch, evaluate, save best.pth and last.pth, log).
 
 Resumable at any checkpoint: the run directory's ``last.pth`` holds the model,
 EMA, optimizer and scheduler state, the position inside the epoch and the
@@ -12,7 +14,8 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +35,12 @@ from secvit.data.imagenet import read_skips
 from secvit.data.layout import check_imagenet
 from secvit.engine import live
 from secvit.engine.config import PretrainConfig
-from secvit.engine.distributed import barrier, init_distributed
+from secvit.engine.distributed import DistEnv, barrier, init_distributed
 from secvit.engine.evaluate import autocast, evaluate
 from secvit.engine.loaders import build_eval_loader, build_train_loader, derived_seed, seed_everything, set_epoch
 from secvit.errors import SecvitError
 from secvit.models.registry import create
+from secvit.runs import BEST, LAST
 
 console = Console(stderr=True)
 
@@ -50,11 +54,11 @@ class RunDir:
 
     @property
     def last(self) -> Path:
-        return self.root / "last.pth"
+        return self.root / LAST
 
     @property
     def best(self) -> Path:
-        return self.root / "best.pth"
+        return self.root / BEST
 
     @property
     def metrics(self) -> Path:
@@ -95,35 +99,33 @@ def summarize(history: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str,
     }
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+@dataclass
+class Training:
+    """What the loop trains: the model (and its DDP wrapper), EMA, optimizer, schedule and loss."""
+
+    model: nn.Module  # the bare model: its state_dict is what checkpoints hold
+    train_model: nn.Module  # the model, wrapped in DistributedDataParallel when distributed
+    ema: ModelEmaV3 | None
+    optimizer: Any
+    scheduler: Any
+    mixup: Mixup | None
+    criterion: nn.Module
 
 
-def pretrain(
-    model_name: str,
-    cfg: PretrainConfig,
-    data_root: Path,
-    run_dir: Path,
-    results_dir: Path | None = None,
-    expected: dict | None = None,
-    model_kwargs: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train ``model_name`` on ImageNet at ``data_root``; resume from ``run_dir/last.pth`` if present.
+@dataclass
+class Position:
+    """Where the run is: the next epoch and batch, the finished epochs' rows, and the running
+    sums of the current epoch. Saved in ``last.pth``; restored on resume."""
 
-    ``model_kwargs`` override the architecture (e.g. ``clusters`` for the table-7 sweep).
-    Checkpoints go to ``run_dir``; ``metrics.json`` and the DVCLive curves to ``results_dir``
-    (default: ``run_dir``).
-    """
-    env = init_distributed()
-    run = RunDir(Path(run_dir), Path(results_dir or run_dir))
-    counts = check_imagenet(data_root, expected=expected)
-    num_classes = counts.classes
-    accum = cfg.accumulation(env.world_size)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.results.mkdir(parents=True, exist_ok=True)
+    epoch: int = 0
+    batch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    partial: dict[str, float] = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0, "seconds": 0.0})
 
+
+def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: DistEnv, model_kwargs: dict[str, Any]) -> Training:
+    """Model (same initial weights on every rank), EMA, optimizer, schedule, Mixup/CutMix and loss of the recipe."""
     seed_everything(cfg.seed)  # identical initial weights on every rank
-    model_kwargs = dict(model_kwargs or {})
     model = create(model_name, num_classes=num_classes, drop_path_rate=cfg.drop_path_for(model_name), **model_kwargs)
     if cfg.sync_bn and env.distributed and env.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -155,129 +157,224 @@ def pretrain(
         if cfg.batch_per_device % 2:
             raise SecvitError("Mixup/CutMix needs an even batch_per_device")
     criterion = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
+    return Training(model, model, ema, optimizer, scheduler, mixup, criterion)  # DDP wraps it after resume
 
-    # ---- resume
-    start_epoch, start_batch, history, partial = 0, 0, [], {"loss_sum": 0.0, "batches": 0, "seconds": 0.0}
-    if run.last.exists():
-        state = load_file_checked(run.last, full=True)
-        if (state.get("model_name"), state.get("num_classes"), state.get("model_kwargs")) != (model_name, num_classes, model_kwargs):
-            raise SecvitError(f"{run.last} belongs to another run ({state.get('model_name')}); remove {run.root} to start over")
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.module.load_state_dict(state["model_ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, start_batch, history, partial = state["epoch"], state["batch"], state["history"], state["partial"]
-        if env.is_main:
-            console.log(f"resuming {model_name} from {run.last}: epoch {start_epoch + 1}, batch {start_batch}")
 
-    train_model = DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None) if env.distributed else model
-    train_loader = build_train_loader(Path(data_root), cfg, env, run.skips)
-    val_loader = build_eval_loader(Path(data_root), cfg.img_size, cfg.eval_crop_pct, cfg.interpolation, cfg.batch_per_device, cfg.workers, env, run.skips)
-    batches_per_epoch = len(train_loader.sampler.sampler) // cfg.batch_per_device
-    if batches_per_epoch < accum:
-        raise SecvitError(f"an epoch has {batches_per_epoch} batches of {cfg.batch_per_device}, fewer than one optimizer step ({accum}); lower batch_size")
-    batches_per_epoch -= batches_per_epoch % accum  # whole optimizer steps only
+def resume(run: RunDir, training: Training, identity: dict[str, Any]) -> Position:
+    """Load ``last.pth`` into ``training`` and return its position; a fresh position without one.
 
-    def save_last(epoch: int, batch: int) -> None:
-        if env.is_main:
-            atomic_save(
-                {
-                    "model_name": model_name,
-                    "num_classes": num_classes,
-                    "model_kwargs": model_kwargs,
-                    "model": model.state_dict(),
-                    "model_ema": ema.module.state_dict() if ema is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "batch": batch,
-                    "history": history,
-                    "partial": partial,
-                    "config": cfg.to_dict(),
-                },
-                run.last,
-            )
-        barrier()
+    ``identity`` (model name, classes, architecture overrides) must match the checkpoint's.
+    """
+    if not run.last.exists():
+        return Position()
+    state = load_file_checked(run.last, full=True)
+    if {key: state.get(key) for key in identity} != identity:
+        raise SecvitError(f"{run.last} belongs to another run ({state.get('model_name')}); remove {run.root} to start over")
+    training.model.load_state_dict(state["model"])
+    if training.ema is not None:
+        training.ema.module.load_state_dict(state["model_ema"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    return Position(state["epoch"], state["batch"], state["history"], state["partial"])
 
-    extra = {"model": model_name, **model_kwargs, "num_classes": num_classes, "world_size": env.world_size, "global_batch": cfg.batch_size, "accumulation": accum, "lr": cfg.lr}
-    progress = Progress(
+
+def save_last(run: RunDir, training: Training, position: Position, identity: dict[str, Any], cfg: PretrainConfig, env: DistEnv) -> None:
+    """Write ``last.pth`` (main process, atomically) at ``position``; every rank waits for it."""
+    if env.is_main:
+        ema = training.ema
+        atomic_save(
+            {
+                **identity,
+                "model": training.model.state_dict(),
+                "model_ema": ema.module.state_dict() if ema is not None else None,
+                "optimizer": training.optimizer.state_dict(),
+                "scheduler": training.scheduler.state_dict(),
+                "epoch": position.epoch,
+                "batch": position.batch,
+                "history": position.history,
+                "partial": position.partial,
+                "config": cfg.to_dict(),
+            },
+            run.last,
+        )
+    barrier()
+
+
+def train_one_epoch(
+    training: Training,
+    loader: Any,
+    epoch: int,
+    position: Position,
+    batches: int,
+    accum: int,
+    cfg: PretrainConfig,
+    env: DistEnv,
+    checkpoint: Callable[[int], None],
+    on_batch: Callable[[], None] = lambda: None,
+) -> None:
+    """One epoch from batch ``position.batch`` to ``batches``, with an optimizer step every ``accum`` batches.
+
+    Adds the loss, batch count and seconds to ``position.partial``; calls ``checkpoint(done)``
+    every ``cfg.checkpoint_every_steps`` optimizer steps inside the epoch (done = batches
+    finished) and ``on_batch()`` after every batch.
+    """
+    model, train_model, partial = training.model, training.train_model, position.partial
+    set_epoch(loader, epoch, skip_batches=position.batch)
+    train_model.train()
+    tic = time.perf_counter()
+    for batch, (images, targets) in enumerate(loader, start=position.batch):
+        if batch >= batches:
+            break
+        seed_everything(derived_seed(cfg.seed, env.rank, epoch, batch))  # Mixup/CutMix, drop path
+        images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
+        if training.mixup is not None:
+            images, targets = training.mixup(images, targets)
+
+        boundary = (batch + 1) % accum == 0  # the last batch of an optimizer step
+        sync = nullcontext() if boundary or not env.distributed else train_model.no_sync()
+        with sync:
+            with autocast(env, cfg.amp_dtype):
+                loss = training.criterion(train_model(images), targets)
+            (loss / accum).backward()
+        if not math.isfinite(loss.item()):
+            raise SecvitError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch}; lower the learning rate")
+        partial["loss_sum"] += loss.item()
+        partial["batches"] += 1
+
+        if boundary:
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            training.optimizer.step()
+            training.optimizer.zero_grad(set_to_none=True)
+            if training.ema is not None:
+                training.ema.update(model)
+            done = batch + 1
+            if cfg.checkpoint_every_steps and (done // accum) % cfg.checkpoint_every_steps == 0 and done < batches:
+                partial["seconds"] += time.perf_counter() - tic
+                tic = time.perf_counter()
+                checkpoint(done)
+        on_batch()
+    partial["seconds"] += time.perf_counter() - tic
+
+
+def evaluate_epoch(training: Training, loader: Any, env: DistEnv, amp_dtype: str | None) -> dict[str, float]:
+    """Top-1/top-5 of the raw and (if any) EMA weights: ``raw_top1``, ``raw_top5``, ``ema_top1``, ``ema_top5``."""
+    raw = evaluate(training.model, loader, env, amp_dtype)
+    row = {"raw_top1": raw["top1"], "raw_top5": raw["top5"]}
+    if training.ema is not None:
+        ema = evaluate(training.ema.module, loader, env, amp_dtype)
+        row.update(ema_top1=ema["top1"], ema_top5=ema["top5"])
+    return row
+
+
+def save_best(run: RunDir, training: Training, metrics: dict[str, Any], model_name: str) -> None:
+    """Write ``best.pth``: the better of raw and EMA weights of the best epoch (the paper's convention)."""
+    weights = training.ema.module if metrics["best_weights"] == "ema" else training.model
+    state = {"model": weights.state_dict(), "model_name": model_name, "epoch": metrics["best_epoch"], "top1": metrics["best_top1"], "weights": metrics["best_weights"]}
+    atomic_save(state, run.best)
+
+
+def run_metrics(run: RunDir, history: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    """:func:`summarize` plus the number of images skipped as unreadable."""
+    metrics = summarize(history, extra)
+    metrics["skipped_images"] = len(read_skips(run.skips))
+    return metrics
+
+
+def write_results(run: RunDir, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """``metrics.json`` and the DVCLive curves (rewritten from the whole history)."""
+    write_json(run.metrics, metrics)
+    live.write_history(run.live, history)
+
+
+def _progress(env: DistEnv) -> Progress:
+    return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
         console=console, disable=not env.is_main,
     )
-    with progress:
-        epochs_task = progress.add_task(f"{model_name} epochs", total=cfg.epochs, completed=start_epoch, status="")
-        batch_task = progress.add_task("batches", total=batches_per_epoch, status="")
-        for epoch in range(start_epoch, cfg.epochs):
-            scheduler.step(epoch)
-            set_epoch(train_loader, epoch, skip_batches=start_batch)
-            train_model.train()
-            progress.reset(batch_task, total=batches_per_epoch, completed=start_batch)
-            tic = time.perf_counter()
-            for batch, (images, targets) in enumerate(train_loader, start=start_batch):
-                if batch >= batches_per_epoch:
-                    break
-                seed_everything(derived_seed(cfg.seed, env.rank, epoch, batch))  # Mixup/CutMix, drop path
-                images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
-                if mixup is not None:
-                    images, targets = mixup(images, targets)
-                boundary = (batch + 1) % accum == 0
-                sync = nullcontext() if boundary or not env.distributed else train_model.no_sync()
-                with sync:
-                    with autocast(env, cfg.amp_dtype):
-                        loss = criterion(train_model(images), targets)
-                    (loss / accum).backward()
-                if not math.isfinite(loss.item()):
-                    raise SecvitError(f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch}; lower the learning rate")
-                partial["loss_sum"] += loss.item()
-                partial["batches"] += 1
-                if boundary:
-                    if cfg.clip_grad:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if ema is not None:
-                        ema.update(model)
-                    done = batch + 1
-                    if cfg.checkpoint_every_steps and (done // accum) % cfg.checkpoint_every_steps == 0 and done < batches_per_epoch:
-                        partial["seconds"] += time.perf_counter() - tic
-                        tic = time.perf_counter()
-                        save_last(epoch, done)
-                progress.update(batch_task, advance=1, status=f"loss {partial['loss_sum'] / partial['batches']:.4f}")
-            partial["seconds"] += time.perf_counter() - tic
-            start_batch = 0
 
+
+def pretrain(
+    model_name: str,
+    cfg: PretrainConfig,
+    data_root: Path,
+    run_dir: Path,
+    results_dir: Path | None = None,
+    expected: dict | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model_name`` on ImageNet at ``data_root``; resume from ``run_dir/last.pth`` if present.
+
+    ``model_kwargs`` override the architecture (e.g. ``clusters`` for the table-7 sweep).
+    Checkpoints go to ``run_dir``; ``metrics.json`` and the DVCLive curves to ``results_dir``
+    (default: ``run_dir``).
+    """
+    env = init_distributed()
+    run = RunDir(Path(run_dir), Path(results_dir or run_dir))
+    num_classes = check_imagenet(data_root, expected=expected).classes
+    accum = cfg.accumulation(env.world_size)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.results.mkdir(parents=True, exist_ok=True)
+    model_kwargs = dict(model_kwargs or {})
+    identity = {"model_name": model_name, "num_classes": num_classes, "model_kwargs": model_kwargs}
+
+    training = build_training(model_name, cfg, num_classes, env, model_kwargs)
+    resuming = run.last.exists()
+    position = resume(run, training, identity)
+    if resuming and env.is_main:
+        console.log(f"resuming {model_name} from {run.last}: epoch {position.epoch + 1}, batch {position.batch}")
+    if env.distributed:
+        training.train_model = DistributedDataParallel(training.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+
+    train_loader = build_train_loader(Path(data_root), cfg, env, run.skips)
+    val_loader = build_eval_loader(Path(data_root), cfg.img_size, cfg.eval_crop_pct, cfg.interpolation, cfg.batch_per_device, cfg.workers, env, run.skips)
+    batches = len(train_loader.sampler.sampler) // cfg.batch_per_device
+    if batches < accum:
+        raise SecvitError(f"an epoch has {batches} batches of {cfg.batch_per_device}, fewer than one optimizer step ({accum}); lower batch_size")
+    batches -= batches % accum  # whole optimizer steps only
+
+    extra = {"model": model_name, **model_kwargs, "num_classes": num_classes, "world_size": env.world_size, "global_batch": cfg.batch_size, "accumulation": accum, "lr": cfg.lr}
+    with _progress(env) as progress:
+        epochs_bar = progress.add_task(f"{model_name} epochs", total=cfg.epochs, completed=position.epoch, status="")
+        batches_bar = progress.add_task("batches", total=batches, status="")
+        for epoch in range(position.epoch, cfg.epochs):
+            position.epoch = epoch
+            training.scheduler.step(epoch)
+            progress.reset(batches_bar, total=batches, completed=position.batch)
+
+            def checkpoint(done: int) -> None:
+                save_last(run, training, Position(epoch, done, position.history, position.partial), identity, cfg, env)
+
+            def on_batch() -> None:
+                progress.update(batches_bar, advance=1, status=f"loss {position.partial['loss_sum'] / position.partial['batches']:.4f}")
+
+            train_one_epoch(training, train_loader, epoch, position, batches, accum, cfg, env, checkpoint, on_batch)
+
+            partial = position.partial
             row = {
                 "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": training.optimizer.param_groups[0]["lr"],
                 "train_loss": partial["loss_sum"] / max(partial["batches"], 1),
                 "images_per_s": partial["batches"] * cfg.batch_per_device * env.world_size / max(partial["seconds"], 1e-9),
             }
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                raw = evaluate(model, val_loader, env, cfg.amp_dtype)
-                row.update(raw_top1=raw["top1"], raw_top5=raw["top5"])
-                if ema is not None:
-                    ema_metrics = evaluate(ema.module, val_loader, env, cfg.amp_dtype)
-                    row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
-            history.append(row)
-            partial = {"loss_sum": 0.0, "batches": 0, "seconds": 0.0}
-            metrics = summarize(history, extra)
-            metrics["skipped_images"] = len(read_skips(run.skips))
+                row.update(evaluate_epoch(training, val_loader, env, cfg.amp_dtype))
+            position.history.append(row)
+            position.epoch, position.batch, position.partial = epoch + 1, 0, Position().partial
+
+            metrics = run_metrics(run, position.history, extra)
             if env.is_main and metrics["best_epoch"] == epoch + 1:  # strictly better than every earlier epoch
-                weights = ema.module if metrics["best_weights"] == "ema" else model
-                atomic_save({"model": weights.state_dict(), "model_name": model_name, "epoch": epoch + 1, "top1": metrics["best_top1"], "weights": metrics["best_weights"]}, run.best)
-            save_last(epoch + 1, 0)
+                save_best(run, training, metrics, model_name)
+            save_last(run, training, position, identity, cfg, env)
             if env.is_main:
-                write_json(run.metrics, metrics)
-                live.write_history(run.live, history)
+                write_results(run, metrics, position.history)
                 shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
                 console.log(f"epoch {epoch + 1}/{cfg.epochs}: {shown}")
-            progress.update(epochs_task, advance=1, status=f"best top-1 {metrics['best_top1']:.2f}" if metrics["best_top1"] is not None else "")
-    metrics = summarize(history, extra)
-    metrics["skipped_images"] = len(read_skips(run.skips))
+            progress.update(epochs_bar, advance=1, status=f"best top-1 {metrics['best_top1']:.2f}" if metrics["best_top1"] is not None else "")
+
+    metrics = run_metrics(run, position.history, extra)
     if env.is_main:
-        write_json(run.metrics, metrics)
-        live.write_history(run.live, history)
+        write_results(run, metrics, position.history)
         if metrics["skipped_images"]:
             console.log(f"[yellow]skipped {metrics['skipped_images']} unreadable images (listed in {run.skips})")
     return metrics

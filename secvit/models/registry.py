@@ -15,10 +15,15 @@ def available_models() -> list[str]:
     return sorted(name for family in FAMILIES for name in timm.list_models(f"{family}*"))
 
 
-def create(name: str, **kwargs) -> nn.Module:
-    """``timm.create_model`` that rejects unknown names with a one-line error listing the valid ones."""
+def check_model(name: str) -> str:
+    """``name`` if timm knows the model, else a one-line error listing ours."""
     if name not in timm.list_models():
         raise SecvitError(
             f"unknown model {name!r}; choose one of: {', '.join(available_models())} (or any timm model name)"
         )
-    return timm.create_model(name, **kwargs)
+    return name
+
+
+def create(name: str, **kwargs) -> nn.Module:
+    """``timm.create_model`` that rejects unknown names with a one-line error listing the valid ones."""
+    return timm.create_model(check_model(name), **kwargs)

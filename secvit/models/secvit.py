@@ -30,24 +30,7 @@ from secvit.models.seca import SECA, RotaryEmbedding2d
 __all__ = ["SecViT", "checkpoint_filter_fn", "VARIANTS"]
 
 
-@dataclass(frozen=True)
-class Variant:
-    """Architecture of one SecViT size."""
-
-    widths: tuple[int, int, int, int]
-    depths: tuple[int, int, int, int]
-    heads: tuple[int, int, int, int]
-    drop_path_rate: float
-    layer_scale_stages: tuple[int, ...] = ()
-    clusters: tuple[int, int, int, int] = (32, 8, 2, 1)
-
-
-VARIANTS: dict[str, Variant] = {
-    "secvit_tiny": Variant((64, 128, 256, 512), (2, 2, 9, 2), (2, 4, 8, 16), 0.1),
-    "secvit_small": Variant((64, 128, 256, 512), (3, 4, 18, 4), (2, 4, 8, 16), 0.15),
-    "secvit_base": Variant((80, 160, 320, 512), (4, 8, 26, 8), (5, 5, 10, 16), 0.4, (2, 3)),
-    "secvit_large": Variant((112, 224, 448, 640), (4, 8, 26, 8), (7, 7, 14, 20), 0.5, (2, 3)),
-}
+from secvit.models.variants import VARIANTS, Variant  # noqa: E402,F401  (plain data, shared with secvit.tables)
 
 
 def _conv_bn(cin: int, cout: int, stride: int, act: bool) -> nn.Sequential:

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from secvit.tables.paper import PaperTable, load_paper_tables  # noqa: E402
+from secvit.runs import PRETRAIN, task_results  # noqa: E402
 from secvit.tables.results import Results, load_results  # noqa: E402
 
 __all__ = ["plot_top1_vs_flops", "plot_training_curves", "read_curve", "write_plots"]
@@ -139,7 +140,7 @@ def read_curve(path: Path) -> list[tuple[float, float]]:
 
 def find_curves(results_dir: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """``{run: {curve name: points}}`` for every pretraining run that has at least one curve."""
-    root = results_dir / "pretrain"
+    root = task_results(results_dir, PRETRAIN)
     runs: dict[str, dict[str, list[tuple[float, float]]]] = {}
     if not root.is_dir():
         return runs

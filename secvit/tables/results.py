@@ -9,12 +9,15 @@ Layout (written by other stages)::
     detection/<backbone>-<detector>-<schedule>/metrics.json
     segmentation/<backbone>-<head>/metrics.json
 
-``<run>`` is the model name (``secvit_tiny``) or, for the table-7 cluster sweep,
-``<model>-c<clusters joined by ->`` with the global last stage written as 1
-(``secvit_small-c64-16-4-1``); the default clusters 32/8/2/1 are the plain run.
+``<run>`` is :func:`secvit.runs.run_key`: the model name (``secvit_tiny``) or, for the
+table-7 cluster sweep, ``<model>-c<clusters joined by ->`` with the global last stage
+written as 1 (``secvit_small-c64-16-4-1``); a model's released clusters (32/8/2/1) are
+its plain run.
 
 :meth:`Results.measured` maps one row of the paper's tables onto our numbers.
-Like :mod:`secvit.tables.paper` this module needs neither torch nor timm.
+Like :mod:`secvit.tables.paper` this module itself imports neither torch nor timm (its
+model data comes from the plain-data :mod:`secvit.models.variants`); importing the
+``secvit`` package still does, since it registers the models with timm.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from secvit.errors import SecvitError
+from secvit.models.variants import VARIANTS
+from secvit.runs import PRETRAIN, run_key, task_results
 
 __all__ = [
     "DEFAULT_CLUSTERS",
@@ -36,10 +41,10 @@ __all__ = [
     "run_key",
 ]
 
-#: Backbones this project implements (the ``ours`` keys that can have measurements).
-IMPLEMENTED_MODELS: tuple[str, ...] = ("secvit_tiny", "secvit_small", "secvit_base", "secvit_large")
-#: Released cluster setting; its run is the plain model run.
-DEFAULT_CLUSTERS: tuple[int, ...] = (32, 8, 2, 1)
+#: Backbones this project implements (the ``ours`` keys that can have measurements): the model variants.
+IMPLEMENTED_MODELS: tuple[str, ...] = tuple(VARIANTS)
+#: Released cluster setting of each backbone; its run is the plain model run (see :func:`secvit.runs.run_key`).
+DEFAULT_CLUSTERS: dict[str, tuple[int, ...]] = {name: variant.clusters for name, variant in VARIANTS.items()}
 #: Metric keys read from detection / segmentation metrics files.
 DETECTION_METRICS: tuple[str, ...] = (
     "params_m", "gflops", "ap_b", "ap50_b", "ap75_b", "ap_m", "ap50_m", "ap75_m", "ap_s_b", "ap_m_b", "ap_l_b",
@@ -47,16 +52,6 @@ DETECTION_METRICS: tuple[str, ...] = (
 SEGMENTATION_METRICS: tuple[str, ...] = ("params_m", "gflops", "miou")
 #: Tables whose rows measure ImageNet classification at 224x224 (complexity.json + pretraining).
 CLASSIFICATION_TABLES: frozenset[str] = frozenset({"table1", "table2", "table6", "table7", "table8"})
-
-
-def run_key(model: str, clusters: Sequence[int | None] | None = None) -> str:
-    """Run / complexity key of ``model`` with per-stage ``clusters`` (``None`` = global = 1)."""
-    if clusters is None:
-        return model
-    normal = tuple(1 if c is None else int(c) for c in clusters)
-    if normal == DEFAULT_CLUSTERS:
-        return model
-    return f"{model}-c" + "-".join(str(c) for c in normal)
 
 
 def downstream_key(model: str, *setting: str) -> str:
@@ -220,7 +215,7 @@ def load_results(results_dir: str | Path, profile: str | None = None) -> Results
         profile=profile or root.resolve().name,
         complexity=_complexity_rows(comp, comp_path),
         complexity_meta=meta,
-        pretrain=_read_dir_metrics(root / "pretrain"),
+        pretrain=_read_dir_metrics(task_results(root, PRETRAIN)),
         detection=_read_dir_metrics(root / "detection"),
         segmentation=_read_dir_metrics(root / "segmentation"),
     )

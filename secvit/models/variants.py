@@ -1,0 +1,39 @@
+"""The SecViT variant table as plain data: widths, depths, heads, drop path, layer scale, clusters.
+
+The model file (:mod:`secvit.models.secvit`) builds the networks from it, and the tables
+(:mod:`secvit.tables.results`) read the implemented names and default cluster settings
+from it. This module itself imports neither torch nor timm (importing the ``secvit``
+package still does: it registers the models with timm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["VARIANTS", "Variant", "default_clusters"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Architecture of one SecViT size."""
+
+    widths: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+    heads: tuple[int, int, int, int]
+    drop_path_rate: float
+    layer_scale_stages: tuple[int, ...] = ()
+    clusters: tuple[int, int, int, int] = (32, 8, 2, 1)
+
+
+VARIANTS: dict[str, Variant] = {
+    "secvit_tiny": Variant((64, 128, 256, 512), (2, 2, 9, 2), (2, 4, 8, 16), 0.1),
+    "secvit_small": Variant((64, 128, 256, 512), (3, 4, 18, 4), (2, 4, 8, 16), 0.15),
+    "secvit_base": Variant((80, 160, 320, 512), (4, 8, 26, 8), (5, 5, 10, 16), 0.4, (2, 3)),
+    "secvit_large": Variant((112, 224, 448, 640), (4, 8, 26, 8), (7, 7, 14, 20), 0.5, (2, 3)),
+}
+
+
+def default_clusters(model: str) -> tuple[int, ...] | None:
+    """The released clusters per stage of a SecViT variant (None for any other model)."""
+    variant = VARIANTS.get(model)
+    return None if variant is None else variant.clusters

@@ -1,0 +1,64 @@
+"""Names and places of a profile's runs, defined once for the stages, the command line and the tables.
+
+Layout, relative to the project directory (``dvc.yaml`` spells the same paths out literally)::
+
+    runs/<profile>/<task>/<run>/       checkpoints (last.pth, best.pth), the skip log
+    results/<profile>/                 complexity.json, tables.md, plots/
+    results/<profile>/<task>/<run>/    metrics.json, eval.json, dvclive/
+
+``<task>`` is ``pretrain`` for ImageNet pretraining. ``<run>`` is :func:`run_key`: the model
+name, or for the table-7 sweep ``<model>-c<clusters joined by ->``. This module itself
+imports neither torch nor timm (importing the ``secvit`` package still does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from secvit.models.variants import default_clusters
+
+__all__ = ["BEST", "LAST", "PRETRAIN", "results_dir", "results_root", "run_dir", "run_key", "task_results"]
+
+#: The task name of ImageNet pretraining runs.
+PRETRAIN = "pretrain"
+#: A run's resumable checkpoint: model, EMA, optimizer and scheduler state, position, history.
+LAST = "last.pth"
+#: A run's best epoch (the paper's convention): ``model`` holds the better of its raw and EMA
+#: weights, named by ``weights``, with ``epoch`` and ``top1``.
+BEST = "best.pth"
+
+
+def run_key(model: str, clusters: Sequence[int | None] | None = None) -> str:
+    """Name of the run (and complexity key) of ``model`` with per-stage ``clusters``.
+
+    ``None`` as a stage's clusters means global attention, written 1. The model's own
+    (released) cluster setting is the plain run: ``secvit_small``; any other setting is
+    ``secvit_small-c64-16-4-1``.
+    """
+    if clusters is None:
+        return model
+    normal = tuple(1 if c is None else int(c) for c in clusters)
+    if normal == default_clusters(model):
+        return model
+    return f"{model}-c" + "-".join(str(c) for c in normal)
+
+
+def results_root(profile: str) -> Path:
+    """A profile's results directory: ``results/<profile>``."""
+    return Path("results") / profile
+
+
+def task_results(root: str | Path, task: str = PRETRAIN) -> Path:
+    """The runs of ``task`` inside a profile's results directory ``root``: ``<root>/<task>``."""
+    return Path(root) / task
+
+
+def results_dir(profile: str, run: str, task: str = PRETRAIN) -> Path:
+    """Metrics and curves of a run: ``results/<profile>/<task>/<run>``."""
+    return task_results(results_root(profile), task) / run
+
+
+def run_dir(profile: str, run: str, task: str = PRETRAIN) -> Path:
+    """Checkpoints of a run, persisted by DVC across failed or interrupted stages: ``runs/<profile>/<task>/<run>``."""
+    return Path("runs") / profile / task / run
