@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.pretrain import run_dir as pretrain_dir
 from pipelines.settings import data_config, load
 from secvit.downstream.run import Schedule
 from secvit.errors import SecvitError
 from secvit.params import from_section
-from secvit.tables.results import downstream_key
+from secvit.runs import BEST, DETECTION, SEGMENTATION, downstream_key, results_dir, run_dir
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -60,7 +59,7 @@ def config_file(pattern: str, model: str) -> tuple[Path, bool]:
 
 
 def _weights(profile: str, model: str, weights: Path | None) -> Path:
-    path = weights or pretrain_dir(profile, model) / "best.pth"
+    path = weights or run_dir(profile, model) / BEST
     if not path.is_file():
         raise SecvitError(
             f"no backbone weights at {path}; run `secvit pretrain --profile {profile} --model {model}` first "
@@ -90,8 +89,8 @@ def _run(
     schedule = from_section(Schedule, settings.schedule, f"{profile}.{task}.schedule")
     config, swapped = config_file(pattern, model)
     key = downstream_key(model, *setting)
-    work_dir = Path("runs") / profile / task / key
-    results = Path("results") / profile / task / key
+    work_dir = run_dir(profile, key, task)
+    results = results_dir(profile, key, task)
     cfg = prepare_config(
         config, work_dir=work_dir, data_root=data_root, pretrained=_weights(profile, model, weights),
         schedule=schedule, classes=classes, model=model if swapped else None,
@@ -141,7 +140,7 @@ def detect_stage(profile: str, model: str, detector: str, schedule: str, params:
     data = data_config(params, profile)
     root = data.root("coco")
     check_coco(root, data.expected_for("coco"))
-    return _run("detection", profile, model, (detector, schedule), pattern, params, weights, root, _coco_classes(root), detection_summary)
+    return _run(DETECTION, profile, model, (detector, schedule), pattern, params, weights, root, _coco_classes(root), detection_summary)
 
 
 def segment_stage(profile: str, model: str, head: str, params: Path, weights: Path | None = None) -> dict[str, Any]:
@@ -155,4 +154,4 @@ def segment_stage(profile: str, model: str, head: str, params: Path, weights: Pa
     data = data_config(params, profile)
     root = data.root("ade20k")
     check_ade20k(root, data.expected_for("ade20k"))
-    return _run("segmentation", profile, model, (head,), pattern, params, weights, root / ADE_DIR, None, segmentation_summary)
+    return _run(SEGMENTATION, profile, model, (head,), pattern, params, weights, root / ADE_DIR, None, segmentation_summary)

@@ -6,7 +6,8 @@ Layout, relative to the project directory (``dvc.yaml`` spells the same paths ou
     results/<profile>/                 complexity.json, tables.md, plots/
     results/<profile>/<task>/<run>/    metrics.json, eval.json, dvclive/
 
-``<task>`` is ``pretrain`` for ImageNet pretraining. ``<run>`` is :func:`run_key`: the model
+``<task>`` is ``pretrain`` for ImageNet pretraining, ``detection`` and ``segmentation`` for the
+dense tasks (run names from :func:`downstream_key`). ``<run>`` is :func:`run_key`: the model
 name, or for the table-7 sweep ``<model>-c<clusters joined by ->``. This module itself
 imports neither torch nor timm (importing the ``secvit`` package still does).
 """
@@ -18,10 +19,13 @@ from pathlib import Path
 
 from secvit.models.variants import default_clusters
 
-__all__ = ["BEST", "LAST", "PRETRAIN", "results_dir", "results_root", "run_dir", "run_key", "task_results"]
+__all__ = ["BEST", "DETECTION", "LAST", "PRETRAIN", "SEGMENTATION", "downstream_key", "results_dir", "results_root", "run_dir", "run_key", "task_results"]
 
 #: The task name of ImageNet pretraining runs.
 PRETRAIN = "pretrain"
+#: The task names of the dense-prediction runs.
+DETECTION = "detection"
+SEGMENTATION = "segmentation"
 #: A run's resumable checkpoint: model, EMA, optimizer and scheduler state, position, history.
 LAST = "last.pth"
 #: A run's best epoch (the paper's convention): ``model`` holds the better of its raw and EMA
@@ -42,6 +46,11 @@ def run_key(model: str, clusters: Sequence[int | None] | None = None) -> str:
     if normal == default_clusters(model):
         return model
     return f"{model}-c" + "-".join(str(c) for c in normal)
+
+
+def downstream_key(model: str, *setting: str) -> str:
+    """Run name of a detection (model, detector, schedule) or segmentation (model, head) run."""
+    return "-".join((model, *setting))
 
 
 def results_root(profile: str) -> Path:

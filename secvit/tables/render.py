@@ -16,7 +16,8 @@ from typing import Any
 
 from secvit.atomic import write_text
 from secvit.tables.paper import PaperTable, Section, load_paper_tables
-from secvit.tables.results import CLASSIFICATION_TABLES, IMPLEMENTED_MODELS, Results, downstream_key, load_results, run_key
+from secvit.runs import DETECTION, SEGMENTATION, downstream_key, run_key
+from secvit.tables.results import CLASSIFICATION_TABLES, IMPLEMENTED_MODELS, Results, load_results
 
 __all__ = ["render_tables", "write_tables", "compare_cell", "format_number"]
 
@@ -351,10 +352,10 @@ def _unmatched_downstream(results: Results, tables: Mapping[str, PaperTable]) ->
         for section in table.sections:
             s = section.setting
             if "detector" in s:
-                suffixes.add(("detection", downstream_key("", s["detector"], s["schedule"])))
+                suffixes.add((DETECTION, downstream_key("", s["detector"], s["schedule"])))
             elif "head" in s:
-                suffixes.add(("segmentation", downstream_key("", s["head"])))
-    found = [("detection", k) for k in results.detection] + [("segmentation", k) for k in results.segmentation]
+                suffixes.add((SEGMENTATION, downstream_key("", s["head"])))
+    found = [(DETECTION, k) for k in results.detection] + [(SEGMENTATION, k) for k in results.segmentation]
     return sorted(f"{task}/{k}" for task, k in found if not any(t == task and k.endswith(x) for t, x in suffixes))
 
 

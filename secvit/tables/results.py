@@ -30,13 +30,12 @@ from typing import Any
 
 from secvit.errors import SecvitError
 from secvit.models.variants import VARIANTS
-from secvit.runs import PRETRAIN, run_key, task_results
+from secvit.runs import DETECTION, PRETRAIN, SEGMENTATION, downstream_key, run_key, task_results
 
 __all__ = [
     "DEFAULT_CLUSTERS",
     "IMPLEMENTED_MODELS",
     "Results",
-    "downstream_key",
     "load_results",
     "run_key",
 ]
@@ -52,11 +51,6 @@ DETECTION_METRICS: tuple[str, ...] = (
 SEGMENTATION_METRICS: tuple[str, ...] = ("params_m", "gflops", "miou")
 #: Tables whose rows measure ImageNet classification at 224x224 (complexity.json + pretraining).
 CLASSIFICATION_TABLES: frozenset[str] = frozenset({"table1", "table2", "table6", "table7", "table8"})
-
-
-def downstream_key(model: str, *setting: str) -> str:
-    """Result key of a detection (model, detector, schedule) or segmentation (model, head) run."""
-    return "-".join((model, *setting))
 
 
 def _number(value: Any) -> float | None:
@@ -216,6 +210,6 @@ def load_results(results_dir: str | Path, profile: str | None = None) -> Results
         complexity=_complexity_rows(comp, comp_path),
         complexity_meta=meta,
         pretrain=_read_dir_metrics(task_results(root, PRETRAIN)),
-        detection=_read_dir_metrics(root / "detection"),
-        segmentation=_read_dir_metrics(root / "segmentation"),
+        detection=_read_dir_metrics(task_results(root, DETECTION)),
+        segmentation=_read_dir_metrics(task_results(root, SEGMENTATION)),
     )
