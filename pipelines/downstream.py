@@ -22,13 +22,13 @@ CONFIGS = Path(__file__).parent / "configs"
 
 #: Config file of each detection setting (detector, schedule) and segmentation head, per backbone.
 #: A backbone without its own file runs the recipe of the setting's first file with its backbone swapped.
-DETECTION = {
+DETECTION_CONFIGS = {
     ("mask_rcnn", "1x"): "mmdet/mask_rcnn/mask-rcnn_{model}_fpn_1x_coco.py",
     ("mask_rcnn", "3x_ms"): "mmdet/mask_rcnn/mask-rcnn_{model}_fpn_ms-3x_coco.py",
     ("cascade_mask_rcnn", "3x_ms"): "mmdet/cascade_mask_rcnn/cascade-mask-rcnn_{model}_fpn_ms-3x_coco.py",
     ("retinanet", "1x"): "mmdet/retinanet/retinanet_{model}_fpn_1x_coco.py",
 }
-SEGMENTATION = {
+SEGMENTATION_CONFIGS = {
     "semantic_fpn": "mmseg/sem_fpn/fpn_{model}_8xb2-80k_ade20k-512x512.py",
     "upernet": "mmseg/upernet/upernet_{model}_8xb2-160k_ade20k-512x512.py",
 }
@@ -133,9 +133,9 @@ def detect_stage(profile: str, model: str, detector: str, schedule: str, params:
     from secvit.data.layout import check_coco
     from secvit.downstream.run import detection_summary
 
-    pattern = DETECTION.get((detector, schedule))
+    pattern = DETECTION_CONFIGS.get((detector, schedule))
     if pattern is None:
-        known = ", ".join(f"{d} {s}" for d, s in DETECTION)
+        known = ", ".join(f"{d} {s}" for d, s in DETECTION_CONFIGS)
         raise SecvitError(f"no detection setting {detector} {schedule}; choose one of: {known}")
     data = data_config(params, profile)
     root = data.root("coco")
@@ -148,9 +148,9 @@ def segment_stage(profile: str, model: str, head: str, params: Path, weights: Pa
     from secvit.data.layout import ADE_DIR, check_ade20k
     from secvit.downstream.run import segmentation_summary
 
-    pattern = SEGMENTATION.get(head)
+    pattern = SEGMENTATION_CONFIGS.get(head)
     if pattern is None:
-        raise SecvitError(f"no segmentation head {head!r}; choose one of: {', '.join(SEGMENTATION)}")
+        raise SecvitError(f"no segmentation head {head!r}; choose one of: {', '.join(SEGMENTATION_CONFIGS)}")
     data = data_config(params, profile)
     root = data.root("ade20k")
     check_ade20k(root, data.expected_for("ade20k"))

@@ -17,7 +17,7 @@ import torch
 import yaml
 from conftest import make_project, one_line_error, secvit
 
-from pipelines.downstream import CONFIGS, DETECTION, SEGMENTATION
+from pipelines.downstream import CONFIGS, DETECTION_CONFIGS, SEGMENTATION_CONFIGS
 from secvit.errors import SecvitError
 from secvit.models.registry import create
 from secvit.tables.paper import load_paper_tables
@@ -104,7 +104,7 @@ def test_every_paper_row_has_a_config():
     rows = [(s.setting, r["ours"]) for tid in ("table3", "table4", "table5") for s in tables[tid].sections for r in s.rows if "ours" in r]
     assert len(rows) == 19
     for setting, model in rows:
-        pattern = DETECTION[(setting["detector"], setting["schedule"])] if "detector" in setting else SEGMENTATION[setting["head"]]
+        pattern = DETECTION_CONFIGS[(setting["detector"], setting["schedule"])] if "detector" in setting else SEGMENTATION_CONFIGS[setting["head"]]
         assert (CONFIGS / pattern.format(model=model.replace("_", "-"))).is_file(), (setting, model)
     params = yaml.safe_load((CONFIGS.parents[1] / "params.yaml").read_text())
     paper_runs = {(r["model"], r["detector"], r["schedule"]) for r in params["detection_runs"].values() if r["profile"] == "paper"}
@@ -123,7 +123,7 @@ def test_model_params_match_the_paper():
     for tid in ("table3", "table4", "table5"):
         for section in tables[tid].sections:
             s = section.setting
-            pattern = DETECTION[(s["detector"], s["schedule"])] if "detector" in s else SEGMENTATION[s["head"]]
+            pattern = DETECTION_CONFIGS[(s["detector"], s["schedule"])] if "detector" in s else SEGMENTATION_CONFIGS[s["head"]]
             for row in section.rows:
                 if "ours" not in row or row.get("params_m") is None:
                     continue
