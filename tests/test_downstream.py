@@ -267,8 +267,9 @@ def test_detection_resumes_after_a_kill(project):
     runs = _trained_steps(work)
     assert len(runs) == 2 and runs[1][0] > max(runs[0]) - 1 and runs[1][-1] == 16, runs  # epoch 2 only
     metrics = json.loads((project / "results/smoke/detection/secvit_tiny-retinanet-1x/metrics.json").read_text())
-    for key in ("ap_b", "ap50_b", "ap75_b", "ap_s_b", "ap_m_b", "ap_l_b"):
+    for key in ("ap_b", "ap50_b", "ap75_b", "ap_s_b", "ap_m_b"):
         assert 0 <= metrics[key] <= 100, key
+    assert metrics["ap_l_b"] is None  # no large objects in the generated images (pycocotools: -1)
     assert metrics["flops_input"] == "800x1280"
     assert 20 < metrics["params_m"] < 30  # RetinaNet with SecViT-T on 3 classes: ~22M (24M on COCO's 80)
 

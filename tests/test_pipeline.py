@@ -56,8 +56,8 @@ def test_repro_all_fills_detection_and_segmentation(smoke_repo):
             metrics = json.loads((repo / f"results/smoke/{task}/{key}/metrics.json").read_text())
             for name in keys + ("ap_m", "ap50_m", "ap75_m") * ("rcnn" in key):
                 assert 0 <= metrics[name] <= 100, (key, name)
-            if "retinanet" in key:
-                assert {"ap_s_b", "ap_m_b", "ap_l_b"} <= set(metrics)
+            if "retinanet" in key:  # no large objects in the generated images: pycocotools' -1 is "not measured"
+                assert metrics["ap_l_b"] is None and 0 <= metrics["ap_s_b"] <= 100
             assert metrics["params_m"] > 10 and metrics["gflops"] > 10, key
             assert (repo / f"results/smoke/{task}/{key}/dvclive/plots/metrics/train/loss.tsv").is_file()
             row = f"`secvit_tiny` (ours, not in the paper)"

@@ -47,6 +47,7 @@ class Schedule:
     val_every: int | None = None
     score_thr: float | None = None  # detection test score threshold
     log_every: int | None = None
+    log_level: str = "INFO"  # mmengine's console and file log (WARNING: progress bar and curves only)
     scale_lr: bool = True  # lr scaled linearly with the global batch (mmengine's auto_scale_lr)
     seed: int = 0
 
@@ -108,11 +109,17 @@ def _apply_schedule(cfg: Any, s: Schedule) -> None:
     by_epoch = cfg["train_cfg"].get("type", "EpochBasedTrainLoop") == "EpochBasedTrainLoop"
     if s.length is not None:
         cfg["train_cfg"]["max_epochs" if by_epoch else "max_iters"] = s.length
+        # the recipe's schedulers, cut at the new length (those starting after it are dropped)
+        kept = []
         for sched in cfg["param_scheduler"]:
-            if sched.get("by_epoch", True) == by_epoch and sched.get("end", 0) > s.length:
-                sched["end"] = s.length
-            if "milestones" in sched:
-                sched["milestones"] = [m for m in sched["milestones"] if m < s.length]
+            if sched.get("by_epoch", True) == by_epoch:
+                if sched.get("begin", 0) >= s.length:
+                    continue
+                sched["end"] = min(sched.get("end", s.length), s.length)
+                if "milestones" in sched:
+                    sched["milestones"] = [m for m in sched["milestones"] if m < s.length]
+            kept.append(sched)
+        cfg["param_scheduler"] = kept
     if s.val_every is not None:
         cfg["train_cfg"]["val_interval"] = s.val_every
     if s.checkpoint_every is not None:
@@ -130,6 +137,7 @@ def _apply_schedule(cfg: Any, s: Schedule) -> None:
         for node in _walk(cfg["model"].get("test_cfg", {})):
             if "score_thr" in node:
                 node["score_thr"] = s.score_thr
+    cfg["log_level"] = s.log_level
     cfg.setdefault("auto_scale_lr", {})["enable"] = s.scale_lr
     scale_image_sizes(cfg, s.image_scale)
     cfg["randomness"] = dict(seed=s.seed)
@@ -204,9 +212,12 @@ _COCO = {
 _ADE = {"miou": "mIoU", "macc": "mAcc", "aacc": "aAcc"}
 
 
-def detection_summary(raw: dict[str, float]) -> dict[str, float]:
-    """COCO AP in percent (pycocotools through mmdet's CocoMetric), keyed as the tables read them."""
-    return {ours: round(100 * float(raw[key]), 1) for ours, key in _COCO.items() if key in raw}
+def detection_summary(raw: dict[str, float]) -> dict[str, float | None]:
+    """COCO AP in percent (pycocotools through mmdet's CocoMetric), keyed as the tables read them.
+
+    pycocotools reports -1 where the split has no object of a size range: that is None (not measured).
+    """
+    return {ours: round(100 * float(raw[key]), 1) if raw[key] >= 0 else None for ours, key in _COCO.items() if key in raw}
 
 
 def segmentation_summary(raw: dict[str, float]) -> dict[str, float]:
