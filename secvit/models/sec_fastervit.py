@@ -31,6 +31,7 @@ library and registered here under those names; they are fixed to 224x224 inputs
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ from timm.layers import DropPath, LayerNorm2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from secvit.errors import SecvitError
 from secvit.models.seca import SECA, RotaryEmbedding2d
 from secvit.models.staged import ClassifierHead, StagedBackbone, init_weights, seca_attend
 
@@ -203,7 +205,27 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in VARIANTS})
+# the unmodified FasterViT-0/1 baselines, built from the pinned ``fastervit`` package (see the end of the file)
+_FASTERVIT = {
+    "fastervit_0": dict(dim=64, in_dim=64, depths=[2, 3, 6, 5]),
+    "fastervit_1": dict(dim=80, in_dim=32, depths=[1, 3, 8, 5]),
+}
+
+default_cfgs = {f"{name}.untrained": _cfg() for name in VARIANTS}
+default_cfgs.update(
+    {
+        f"{name}.untrained": _cfg(
+            first_conv="patch_embed.conv_down.0",
+            classifier="head",
+            fixed_input_size=True,
+            paper_ids="arXiv:2306.06189",
+            paper_name="FasterViT: Fast Vision Transformers with Hierarchical Attention",
+            origin_url="https://github.com/NVlabs/FasterViT",
+        )
+        for name in _FASTERVIT
+    }
+)
+default_cfgs = generate_default_cfgs(default_cfgs)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SecFasterViT:
@@ -232,3 +254,43 @@ def sec_fastervit_0(pretrained: bool = False, **kwargs) -> SecFasterViT:
 def sec_fastervit_1(pretrained: bool = False, **kwargs) -> SecFasterViT:
     """SEC-FasterViT-1 (table 2): FasterViT-1 (80, depths 1-3-8-5) with SECA in stages 3-4."""
     return _create("sec_fastervit_1", pretrained, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Unmodified FasterViT-0/1 baselines (table 2), from the pinned ``fastervit`` package
+
+
+def _create_fastervit(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """FasterViT from NVIDIA's package (hierarchical attention with carrier tokens; 224x224 inputs only)."""
+    if pretrained:
+        raise SecvitError(f"{variant} has no weights here; train it (it is an untrained table 2 baseline)")
+    if kwargs.get("features_only"):
+        raise SecvitError(f"{variant} is a classification baseline for table 2 and has no features_only mode")
+    with warnings.catch_warnings():  # the package imports timm's deprecated module paths
+        warnings.simplefilter("ignore", FutureWarning)
+        from fastervit.models.faster_vit import FasterViT
+
+    model_args = dict(
+        _FASTERVIT[variant],
+        num_heads=[2, 4, 8, 16],
+        window_size=[7, 7, 7, 7],
+        ct_size=2,
+        mlp_ratio=4,
+        resolution=224,
+        drop_path_rate=0.2,
+        hat=[False, False, True, False],
+    )
+    model_args.update(kwargs)
+    return build_model_with_cfg(FasterViT, variant, pretrained=False, **model_args)
+
+
+@register_model
+def fastervit_0(pretrained: bool = False, **kwargs) -> nn.Module:
+    """FasterViT-0 baseline (table 2): 31.4M params; 224x224 inputs only."""
+    return _create_fastervit("fastervit_0", pretrained, **kwargs)
+
+
+@register_model
+def fastervit_1(pretrained: bool = False, **kwargs) -> nn.Module:
+    """FasterViT-1 baseline (table 2): 53.4M params; 224x224 inputs only."""
+    return _create_fastervit("fastervit_1", pretrained, **kwargs)
