@@ -22,7 +22,7 @@ GFLOPS = {"secvit_tiny": (2.72, 2.51), "secvit_small": (4.76, 4.37), "secvit_bas
 
 
 def test_importing_secvit_registers_all_variants():
-    assert available_models() == sorted(PARAMS)
+    assert set(PARAMS) <= set(available_models())  # the comparison backbones are tested in test_peers.py
     assert secvit.__version__
 
 

@@ -187,7 +187,7 @@ class PaCaViT(StagedBackbone):
         self.num_classes = num_classes
         self.num_features = widths[-1]
         self.stem = Stem(in_chans, widths[0])
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages, start, self.feature_info = [], 0, []
         for i, depth in enumerate(depths):
             stages.append(

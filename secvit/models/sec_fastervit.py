@@ -20,8 +20,8 @@ continuous relative position bias, the carrier tokens and their tokenizer,
 attention and MLP. SECA (with its rotary embedding and LCE) attends over the whole
 map, so there are no windows and any input size works.
 
-Parameters: 25.8M (SEC-FasterViT-0) and 41.9M (SEC-FasterViT-1) against the
-paper's 25M and 41M (without the position MLP they would be 23.7M and 39.0M).
+Parameters: 25.9M (SEC-FasterViT-0) and 42.2M (SEC-FasterViT-1) against the
+paper's 25M and 41M (without the position MLP they would be 23.7M and 39.2M).
 
 The unmodified baselines ``fastervit_0`` and ``fastervit_1`` (FasterViT-0/1 with
 hierarchical attention) come from NVIDIA's ``fastervit`` package, used as a
@@ -43,11 +43,12 @@ from torch import Tensor, nn
 
 from secvit.errors import SecvitError
 from secvit.models.seca import SECA, RotaryEmbedding2d
-from secvit.models.staged import ClassifierHead, StagedBackbone, init_weights, seca_attend
+from secvit.models.staged import ClassifierHead, StagedBackbone, check_image, init_weights, seca_attend
 
 __all__ = ["SecFasterViT", "VARIANTS"]
 
 torch.fx.wrap("seca_attend")
+torch.fx.wrap("check_image")
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,8 @@ class SecFasterViT(StagedBackbone):
         widths = [dim * 2**i for i in range(4)]
         self.num_classes = num_classes
         self.num_features = widths[-1]
+        self.in_chans = in_chans
+        self.clusters = (1, 1, *clusters)
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, in_dim, 3, 2, 1, bias=False),
             nn.BatchNorm2d(in_dim, eps=1e-4),
@@ -169,7 +172,7 @@ class SecFasterViT(StagedBackbone):
             nn.BatchNorm2d(dim, eps=1e-4),
             nn.ReLU(),
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages, start, self.feature_info = [], 0, []
         for i, depth in enumerate(depths):
             dps = rates[start : start + depth]
@@ -185,6 +188,9 @@ class SecFasterViT(StagedBackbone):
         self.head = ClassifierHead(widths[-1], num_classes, None, global_pool, drop_rate)
         self.head_hidden_size = self.head.num_features
         self.apply(init_weights)
+
+    def check_input(self, x: Tensor) -> Tensor:
+        return check_image(x, self.in_chans, self.clusters)
 
 
 def _cfg(**kwargs) -> dict:

@@ -32,11 +32,12 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock
 from torch import Tensor, nn
 
 from secvit.models.seca import SECA, RotaryEmbedding2d
-from secvit.models.staged import init_weights, seca_attend
+from secvit.models.staged import check_image, init_weights, seca_attend
 
 __all__ = ["SecSwinBlock", "SecSwinTransformer"]
 
 torch.fx.wrap("seca_attend")
+torch.fx.wrap("check_image")
 
 
 class SecSwinBlock(nn.Module):
@@ -77,10 +78,16 @@ class SecSwinTransformer(SwinTransformer):
         for stage, stage_clusters in zip(self.layers, clusters):
             stage.blocks = nn.Sequential(*(SecSwinBlock(block, stage_clusters) for block in stage.blocks))
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        return super().forward_features(check_image(x, self.in_chans, self.clusters))
+
+    def forward_intermediates(self, x: Tensor, *args, **kwargs):
+        return super().forward_intermediates(check_image(x, self.in_chans, self.clusters), *args, **kwargs)
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Swin's head; the unpooled map (``reset_classifier(0, '')``) comes back NCHW like every project model."""
         x = super().forward_head(x, pre_logits=pre_logits)
-        return x.permute(0, 3, 1, 2) if x.ndim == 4 else x
+        return x.permute(0, 3, 1, 2) if self.head.global_pool.is_identity() else x
 
 
 def _cfg(**kwargs) -> dict:

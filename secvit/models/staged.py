@@ -22,19 +22,53 @@ registers it with ``torch.fx.wrap``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from timm.layers import trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from secvit.errors import SecvitError
 from secvit.models.seca import SECA, RotaryEmbedding2d
 
-__all__ = ["ClassifierHead", "StagedBackbone", "init_weights", "pad_to_multiple", "seca_attend"]
+__all__ = ["ClassifierHead", "StagedBackbone", "check_image", "init_weights", "pad_to_multiple", "seca_attend"]
 
 
 def seca_attend(attn: SECA, rope: RotaryEmbedding2d, x: Tensor) -> Tensor:
     """``attn`` on the NCHW map ``x``, with the rotary table built for its height and width."""
     return attn(x, rope(x.shape[-2], x.shape[-1]))
+
+
+def _stage_side(size: int, stage: int) -> int:
+    """Side of stage ``stage``'s map (stride 4, then halving with rounding up) for an input side ``size``."""
+    return math.ceil(size / 2 ** (stage + 2))
+
+
+def check_image(x: Tensor, in_chans: int, clusters: tuple[int, ...]) -> Tensor:
+    """``x`` itself if it is a batch of ``in_chans``-channel images big enough for every stage's clusters.
+
+    Raises :class:`SecvitError` otherwise. Register it with ``torch.fx.wrap`` where it is called
+    (the checks read the input's shape).
+    """
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        shape = "x".join(map(str, x.shape))
+        raise SecvitError(
+            f"expected a batch of {in_chans}-channel (RGB) images shaped (B, {in_chans}, H, W), got {shape}; "
+            "convert images to RGB first"
+        )
+    height, width = x.shape[-2:]
+    for i, count in enumerate(clusters):
+        tokens = _stage_side(height, i) * _stage_side(width, i)
+        if tokens < count:
+            side = 1
+            while any(_stage_side(side, j) ** 2 < c for j, c in enumerate(clusters)):
+                side += 1
+            raise SecvitError(
+                f"input {height}x{width} is too small: stage {i + 1} would have {tokens} tokens for {count} "
+                f"clusters; use images of at least {side}x{side}"
+            )
+    return x
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -119,8 +153,12 @@ class StagedBackbone(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
+    def check_input(self, x: Tensor) -> Tensor:
+        """Validate the input image batch (models with clusters override this)."""
+        return x
+
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.norm(self.stages(self.stem(x)))
+        return self.norm(self.stages(self.stem(self.check_input(x))))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -144,7 +182,7 @@ class StagedBackbone(nn.Module):
         last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         intermediates = []
-        x = self.stem(x)
+        x = self.stem(self.check_input(x))
         i = 0
         for i, stage in enumerate(stages):
             x = stage(x)

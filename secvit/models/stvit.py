@@ -195,7 +195,7 @@ class STViT(StagedBackbone):
             *_conv_act_bn(half, widths[0], 2),
             *_conv_act_bn(widths[0], widths[0], 1),
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages, start, self.feature_info = [], 0, []
         for i, depth in enumerate(depths):
             stages.append(
