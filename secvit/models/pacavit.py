@@ -186,6 +186,7 @@ class PaCaViT(StagedBackbone):
         super().__init__()
         self.num_classes = num_classes
         self.num_features = widths[-1]
+        self.in_chans = in_chans
         self.stem = Stem(in_chans, widths[0])
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages, start, self.feature_info = [], 0, []
@@ -196,7 +197,6 @@ class PaCaViT(StagedBackbone):
             start += depth
             self.feature_info.append(dict(num_chs=widths[i], reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.norm = nn.Identity()  # every stage ends with its own LayerNorm
         self.head = ClassifierHead(widths[-1], num_classes, None, global_pool, drop_rate)
         self.head_hidden_size = self.head.num_features
         self.apply(init_weights)
@@ -221,7 +221,7 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in VARIANTS})
+default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> PaCaViT:

@@ -13,7 +13,7 @@ ICLR 2024), NCHW throughout:
   where ``pos`` is FasterViT's learned absolute position embedding (an MLP 2 -> 512
   -> C of the normalised coordinates inside a 7x7 window), tiled over the map as
   FasterViT adds it to every window;
-* head: BatchNorm2d, average pool, linear.
+* head: BatchNorm2d (here the end of stage 4, so detection sees it too), average pool, linear.
 
 What goes is FasterViT's hierarchical attention: window attention with its
 continuous relative position bias, the carrier tokens and their tokenizer,
@@ -43,12 +43,11 @@ from torch import Tensor, nn
 
 from secvit.errors import SecvitError
 from secvit.models.seca import SECA, RotaryEmbedding2d
-from secvit.models.staged import ClassifierHead, StagedBackbone, check_image, init_weights, seca_attend
+from secvit.models.staged import ClassifierHead, StagedBackbone, init_weights, seca_attend
 
 __all__ = ["SecFasterViT", "VARIANTS"]
 
 torch.fx.wrap("seca_attend")
-torch.fx.wrap("check_image")
 
 
 @dataclass(frozen=True)
@@ -123,12 +122,15 @@ class SecBlock(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, blocks: list[nn.Module], in_dim: int, dim: int, downsample: bool) -> None:
+    """Optional downsampling, blocks, and (last stage only) FasterViT's final BatchNorm."""
+
+    def __init__(self, blocks: list[nn.Module], in_dim: int, dim: int, downsample: bool, final_norm: bool = False) -> None:
         super().__init__()
         self.downsample = (
             nn.Sequential(LayerNorm2d(in_dim), nn.Conv2d(in_dim, dim, 3, 2, 1, bias=False)) if downsample else nn.Identity()
         )
         self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.BatchNorm2d(dim) if final_norm else nn.Identity()
         self.grad_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -138,7 +140,7 @@ class Stage(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        return x
+        return self.norm(x)
 
 
 class SecFasterViT(StagedBackbone):
@@ -180,17 +182,13 @@ class SecFasterViT(StagedBackbone):
                 blocks = [ConvBlock(widths[i], dp) for dp in dps]
             else:
                 blocks = [SecBlock(widths[i], heads[i], clusters[i - 2], dp, mlp_ratio) for dp in dps]
-            stages.append(Stage(blocks, widths[max(i - 1, 0)], widths[i], downsample=i > 0))
+            stages.append(Stage(blocks, widths[max(i - 1, 0)], widths[i], downsample=i > 0, final_norm=i == len(depths) - 1))
             start += depth
             self.feature_info.append(dict(num_chs=widths[i], reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.norm = nn.BatchNorm2d(widths[-1])
         self.head = ClassifierHead(widths[-1], num_classes, None, global_pool, drop_rate)
         self.head_hidden_size = self.head.num_features
         self.apply(init_weights)
-
-    def check_input(self, x: Tensor) -> Tensor:
-        return check_image(x, self.in_chans, self.clusters)
 
 
 def _cfg(**kwargs) -> dict:
@@ -217,10 +215,10 @@ _FASTERVIT = {
     "fastervit_1": dict(dim=80, in_dim=32, depths=[1, 3, 8, 5]),
 }
 
-default_cfgs = {f"{name}.untrained": _cfg() for name in VARIANTS}
+default_cfgs = {f"{name}.in1k": _cfg() for name in VARIANTS}
 default_cfgs.update(
     {
-        f"{name}.untrained": _cfg(
+        f"{name}.in1k": _cfg(
             first_conv="patch_embed.conv_down.0",
             classifier="head",
             fixed_input_size=True,

@@ -12,7 +12,11 @@ top of that layout:
 * ``features_only`` through timm's ``FeatureGetterNet`` (``feature_cfg`` with
   ``feature_cls='getter'``), so every model returns the four stage maps in NCHW;
 * ``reset_classifier(0)`` gives pooled features, ``reset_classifier(0, '')`` the
-  unpooled 4-D map.
+  unpooled 4-D map (per-position logits with a classifier); pooling avg/max/avgmax;
+* no norm outside the stages: an architecture's final norm ends its last stage, so
+  ``forward_features`` is the last stage map and ``norm=True`` changes nothing;
+* every input is checked (RGB, and big enough for the clusters) with a one-line
+  :class:`~secvit.errors.SecvitError`, also under torch.fx.
 
 :func:`seca_attend` runs a :class:`~secvit.models.seca.SECA` module on an NCHW
 map with a rotary table for the map's size. Its cluster bookkeeping depends on
@@ -25,7 +29,7 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.layers import trunc_normal_
+from timm.layers import SelectAdaptivePool2d, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
@@ -45,11 +49,12 @@ def _stage_side(size: int, stage: int) -> int:
     return math.ceil(size / 2 ** (stage + 2))
 
 
+@torch.fx.wrap
 def check_image(x: Tensor, in_chans: int, clusters: tuple[int, ...]) -> Tensor:
     """``x`` itself if it is a batch of ``in_chans``-channel images big enough for every stage's clusters.
 
-    Raises :class:`SecvitError` otherwise. Register it with ``torch.fx.wrap`` where it is called
-    (the checks read the input's shape).
+    Raises :class:`SecvitError` otherwise. A leaf for torch.fx (the checks read the input's
+    shape): tracing records one call, kept in the graph because the stem consumes its result.
     """
     if x.ndim != 4 or x.shape[1] != in_chans:
         shape = "x".join(map(str, x.shape))
@@ -86,11 +91,21 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class ClassifierHead(nn.Module):
-    """Optional 1x1 conv + BN + Swish (``hidden``), global average pool, dropout, linear classifier.
+POOL_TYPES = ("avg", "max", "avgmax", "")
 
-    With ``pool_type=''`` the head returns the unpooled NCHW map (after the optional
-    1x1 conv block) and has no classifier.
+
+def _global_pool(pool_type: str) -> SelectAdaptivePool2d:
+    if pool_type not in POOL_TYPES:
+        raise ValueError(f"global_pool must be one of {POOL_TYPES} ('' = no pooling), got {pool_type!r}")
+    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
+
+
+class ClassifierHead(nn.Module):
+    """Optional 1x1 conv + BN + Swish (``hidden``), global pool, dropout, linear classifier.
+
+    With ``pool_type=''`` nothing is pooled: the head returns (B, C, H, W) maps
+    (``pre_logits`` or no classifier) or per-position logits (B, classes, H, W), the
+    classifier acting as a 1x1 conv with the same weights.
     """
 
     def __init__(
@@ -102,42 +117,52 @@ class ClassifierHead(nn.Module):
         else:
             self.pre = nn.Identity()
         self.num_features = hidden or in_dim
+        self.pool = _global_pool(pool_type)
         self.drop = nn.Dropout(drop_rate)
-        self.pool_type = ""
-        self.fc: nn.Module = nn.Identity()
-        self.reset(num_classes, pool_type)
+        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        """New classifier for ``num_classes`` (0: none) and, unless None, a new pooling type."""
         if pool_type is not None:
-            if pool_type not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {pool_type!r}")
-            self.pool_type = pool_type
-        if not self.pool_type and num_classes > 0:
-            raise ValueError("a classifier needs pooled features: use global_pool='avg' with num_classes > 0")
+            self.pool = _global_pool(pool_type)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def remove_projection(self, in_dim: int) -> None:
+        """Drop the 1x1 conv block (its input stage was pruned); ``in_dim`` feeds the pool now."""
+        self.pre = nn.Identity()
+        self.num_features = in_dim
+
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.pre(x)
-        if not self.pool_type:
+        x = self.drop(self.pool(self.pre(x)))
+        if pre_logits or isinstance(self.fc, nn.Identity):
             return x
-        x = self.drop(x.mean((2, 3)))
-        return x if pre_logits else self.fc(x)
+        if self.pool.is_identity():  # unpooled NCHW: the linear classifier as a 1x1 conv
+            return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(x)
 
 
 class StagedBackbone(nn.Module):
-    """Stem, ``stages`` (NCHW in and out), final ``norm`` and ``head``: timm's classifier and feature API."""
+    """Stem, ``stages`` (NCHW in and out) and ``head``: timm's classifier and feature API.
+
+    There is no norm between the stages and the head: an architecture's final norm
+    lives at the end of its last stage, so the last stage's output is what
+    :meth:`forward_features` returns and what detection and segmentation see.
+    Subclasses set ``in_chans`` and ``clusters`` (per stage; empty if the model has no
+    clusters) for the input check.
+    """
 
     stem: nn.Module
     stages: nn.Sequential
-    norm: nn.Module
     head: ClassifierHead
     feature_info: list[dict]
+    in_chans: int = 3
+    clusters: tuple[int, ...] = ()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
             stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))],
+            blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^stages\.(\d+)\.norm", (99999,))],
         )
 
     @torch.jit.ignore
@@ -150,15 +175,17 @@ class StagedBackbone(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier (``num_classes=0``: none, forward returns pooled features).
+
+        ``global_pool``: None keeps the pooling, one of ``"avg"``, ``"max"``, ``"avgmax"``
+        selects it, ``""`` disables it (forward then returns (B, head_hidden_size, H, W)
+        maps, or per-position logits when ``num_classes > 0``).
+        """
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
-    def check_input(self, x: Tensor) -> Tensor:
-        """Validate the input image batch (models with clusters override this)."""
-        return x
-
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.norm(self.stages(self.stem(self.check_input(x))))
+        return self.stages(self.stem(check_image(x, self.in_chans, self.clusters)))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -169,45 +196,46 @@ class StagedBackbone(nn.Module):
     def forward_intermediates(
         self,
         x: Tensor,
-        indices: int | list[int] | None = None,
+        indices: int | list[int] | tuple[int, ...] | None = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs (NCHW) at ``indices``; with ``norm`` the final norm is applied to the last stage's."""
+        """Stage outputs (NCHW, strides 4, 8, 16, 32) alongside the final features.
+
+        ``indices``: None = all four, an int n = the last n, a list = those stages (negative
+        counts from the end). ``norm`` is accepted for timm compatibility and changes
+        nothing (the final norm is part of the last stage). ``stop_early`` stops after the
+        last requested stage (the final features are then that stage's output).
+        """
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise ValueError(f"intermediates are NCHW only, got output_fmt={output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last = len(self.stages) - 1
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         intermediates = []
-        x = self.stem(self.check_input(x))
-        i = 0
+        x = self.stem(check_image(x, self.in_chans, self.clusters))
         for i, stage in enumerate(stages):
             x = stage(x)
             if i in take_indices:
-                intermediates.append(self.norm(x) if norm and i == last else x)
+                intermediates.append(x)
         if intermediates_only:
             return intermediates
-        if i == last:
-            x = self.norm(x)
         return x, intermediates
 
     def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+        self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the stages after the last wanted one (and the norm and head as timm does)."""
+        """Drop the stages after the last of ``indices`` (and, with ``prune_head``, the head).
+
+        Returns the absolute stage indices. After pruning the head, :meth:`forward` returns
+        the last kept stage's (B, C, H, W) output; ``num_features`` is that stage's width.
+        ``prune_norm`` changes nothing (there is no norm outside the stages).
+        """
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
         self.stages = self.stages[: max_index + 1]
-        if prune_norm or prune_end:
-            self.norm = nn.Identity()
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-            self.head = ClassifierHead(self.num_features, 0, pool_type="")
-        if prune_head or prune_end:
-            self.head.pre = nn.Identity()
-            self.head_hidden_size = self.num_features
+        if prune_head:
+            self.head.remove_projection(self.feature_info[max_index]["num_chs"])
             self.reset_classifier(0, "")
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         return take_indices

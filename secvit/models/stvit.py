@@ -188,6 +188,7 @@ class STViT(StagedBackbone):
         super().__init__()
         self.num_classes = num_classes
         self.num_features = widths[-1]
+        self.in_chans = in_chans
         half = widths[0] // 2
         self.stem = nn.Sequential(
             *_conv_act_bn(in_chans, half, 2),
@@ -212,7 +213,6 @@ class STViT(StagedBackbone):
             start += depth
             self.feature_info.append(dict(num_chs=widths[i], reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.norm = nn.Identity()
         self.head = ClassifierHead(widths[-1], num_classes, head_hidden_size, global_pool, drop_rate)
         self.head_hidden_size = self.head.num_features
         self.apply(init_weights)
@@ -241,7 +241,7 @@ def _cfg(**kwargs) -> dict:
     }
 
 
-default_cfgs = generate_default_cfgs({f"{name}.untrained": _cfg() for name in VARIANTS})
+default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> STViT:
