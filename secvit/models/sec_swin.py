@@ -67,8 +67,7 @@ class SecSwinBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        y = seca_attend(self.attn, self.rope, self.norm1(x).permute(0, 3, 1, 2))
-        x = x + self.drop_path1(y.permute(0, 2, 3, 1))
+        x = x + self.drop_path1(seca_attend(self.attn, self.rope, self.norm1(x), channels_last=True))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 

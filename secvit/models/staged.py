@@ -39,9 +39,21 @@ from secvit.models.seca import SECA, RotaryEmbedding2d
 __all__ = ["ClassifierHead", "StagedBackbone", "check_image", "init_weights", "pad_to_multiple", "seca_attend"]
 
 
-def seca_attend(attn: SECA, rope: RotaryEmbedding2d, x: Tensor) -> Tensor:
-    """``attn`` on the NCHW map ``x``, with the rotary table built for its height and width."""
-    return attn(x, rope(x.shape[-2], x.shape[-1]))
+def seca_attend(attn: SECA, rope: RotaryEmbedding2d, x: Tensor, channels_last: bool = False) -> Tensor:
+    """``attn`` on the map ``x`` (NCHW, or NHWC with ``channels_last``), in the same layout.
+
+    The rotary table is built for the map's height and width. This is the one place
+    that knows SECA's calling convention: the NCHW module ``attn(x, rope(H, W))`` or the
+    channels-last one ``attn(x, rope.qkv_tables(H, W, attn.scale))`` (same parameters).
+    """
+    height, width = (x.shape[1], x.shape[2]) if channels_last else (x.shape[-2], x.shape[-1])
+    if hasattr(rope, "qkv_tables"):  # channels-last SECA
+        y = x if channels_last else x.permute(0, 2, 3, 1)
+        out = attn(y, rope.qkv_tables(height, width, attn.scale))
+        return out if channels_last else out.permute(0, 3, 1, 2)
+    y = x.permute(0, 3, 1, 2) if channels_last else x
+    out = attn(y, rope(height, width))
+    return out.permute(0, 2, 3, 1) if channels_last else out
 
 
 def _stage_side(size: int, stage: int) -> int:
