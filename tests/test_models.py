@@ -23,7 +23,7 @@ GFLOPS = {"secvit_tiny": (2.72, 2.51), "secvit_small": (4.76, 4.37), "secvit_bas
 
 
 def test_importing_secvit_registers_all_variants():
-    assert available_models() == sorted(PARAMS)
+    assert set(PARAMS) <= set(available_models())  # the comparison backbones are tested in test_peers.py
     assert secvit.__version__
 
 
@@ -155,7 +155,7 @@ def test_bad_input_errors():
     for channels in (1, 4):
         with pytest.raises(SecvitError, match="3-channel \\(RGB\\)"):
             model(torch.randn(1, channels, 64, 64))
-    with pytest.raises(SecvitError, match="unknown model 'secvit_huge'; choose one of: secvit_base, secvit_large, secvit_small, secvit_tiny"):
+    with pytest.raises(SecvitError, match="unknown model 'secvit_huge'; choose one of: .*secvit_base, secvit_large, secvit_small, secvit_tiny"):
         create("secvit_huge")
     model(torch.randn(1, 3, 21, 21))  # the smallest allowed size runs
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from secvit.errors import SecvitError
 
-FAMILIES = ("secvit_",)
+FAMILIES = ("secvit_", "sec_swin_", "sec_fastervit_", "stvit_", "pacavit_")
 
 
 def available_models() -> list[str]:
