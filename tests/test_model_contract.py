@@ -237,6 +237,11 @@ def test_features_only_prunes_unused_stages(name):
     assert len(feats.model.stages) == 2 and isinstance(feats.model.head.fc, torch.nn.Identity)
 
 
+def _clusters(model) -> bool:
+    """True for models that cluster tokens (more than one cluster in some stage)."""
+    return any(c > 1 for c in getattr(model, "clusters", ()) or ())
+
+
 def _assert_traced_matches(graph_module, model, x):
     with torch.no_grad():
         want, got = model(x), graph_module(x)
@@ -250,8 +255,9 @@ def test_fx_symbolic_trace(model):
     _assert_traced_matches(traced, model, _x(height=72, width=56))
     with pytest.raises(SecvitError, match=r"3-channel \(RGB\)"):
         traced(torch.randn(1, 4, SIZE, SIZE))
-    with pytest.raises(SecvitError, match=r"too small: stage 1 would have 16 tokens for 32 clusters"):
-        traced(torch.randn(1, 3, 16, 16))
+    if _clusters(model):  # models with a minimum input size keep their one-line error when traced
+        with pytest.raises(SecvitError, match=r"too small: stage \d would have \d+ tokens for \d+ clusters"):
+            traced(torch.randn(1, 3, 8, 8))
 
 
 @pytest.mark.slow
@@ -270,8 +276,9 @@ def test_fx_feature_extractor(model):
         for a, b in zip(graph_net(x), [want[0], want[2]]):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert graph_net.feature_info.channels() == [model.feature_info[0]["num_chs"], model.feature_info[2]["num_chs"]]
-    with pytest.raises(SecvitError, match=r"too small"):
-        graph_net(torch.randn(1, 3, 16, 16))
+    if _clusters(model):
+        with pytest.raises(SecvitError, match=r"too small"):
+            graph_net(torch.randn(1, 3, 8, 8))
 
 
 @pytest.mark.slow
