@@ -99,15 +99,13 @@ def cluster_maps(model: nn.Module, x: Tensor, head: int = 0) -> list[tuple[int, 
     for i, stage in enumerate(model.stages):
         if not clustered or i > clustered[-1]:
             break
-        x = stage.downsample(x)
-        rope = stage.rope(*x.shape[-2:])
+        x, tables = stage.tokens(x)
         if i in clustered:
-            block = stage.blocks[0]
-            y = x + block.cpe(x)
-            labels = block.attn.cluster_assignment(block.norm1(y), rope)[0, head]
+            labels = stage.blocks[0].cluster_assignment(x, tables)[0, head]
             maps.append((i, model.clusters[i], labels))
         for block in stage.blocks:
-            x = block(x, rope)
+            x = block(x, tables)
+        x = x.permute(0, 3, 1, 2)
     return maps
 
 
