@@ -87,11 +87,11 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(
-        (e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start
+        ((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     )
     current = peak = 0
-    for event in events:
-        current += event.cpu_memory_usage
+    for _, nbytes in events:
+        current += nbytes
         peak = max(peak, current)
     return peak
 
@@ -246,7 +246,7 @@ def bench_seca(
         for name, out in outs.items():
             (g,) = torch.autograd.grad(out, inputs["nchw" if name == "appendix_e" else "packed"], grad)
             grads[name] = g if name != "appendix_e" else None
-        row["max_abs_diff"] = {name: float((out - base).abs().max()) for name, out in outs.items() if name != "appendix_e"}
+        row["max_abs_diff"] = {name: float((out - base).detach().abs().max()) for name, out in outs.items() if name != "appendix_e"}
         row["max_abs_grad_diff_fast_vs_reference"] = float((grads["fast"] - grads["reference"]).abs().max())
         for mode in ("forward", "forward_backward"):
             training = mode == "forward_backward"

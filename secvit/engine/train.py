@@ -22,6 +22,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -95,6 +96,31 @@ def summarize(history: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str,
     }
 
 
+def apply_speed_options(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` with the recipe's memory layout and gradient checkpointing."""
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer (AdamW), with the fused kernel if ``cfg.fused_optimizer``."""
+    extra = {"fused": True} if cfg.fused_optimizer else {}
+    return create_optimizer_v2(
+        model,
+        opt=cfg.opt,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        eps=cfg.opt_eps,
+        betas=tuple(cfg.opt_betas),
+        filter_bias_and_bn=cfg.no_decay_bias_norm,
+        **extra,
+    )
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
@@ -127,17 +153,9 @@ def pretrain(
     model = create(model_name, num_classes=num_classes, drop_path_rate=cfg.drop_path_for(model_name), **model_kwargs)
     if cfg.sync_bn and env.distributed and env.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(env.device)
+    apply_speed_options(model, cfg, env.device)
     ema = ModelEmaV3(model, decay=cfg.ema_decay_per_step) if cfg.ema else None
-    optimizer = create_optimizer_v2(
-        model,
-        opt=cfg.opt,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        eps=cfg.opt_eps,
-        betas=tuple(cfg.opt_betas),
-        filter_bias_and_bn=cfg.no_decay_bias_norm,
-    )
+    optimizer = build_optimizer(model, cfg)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr
     )
@@ -171,7 +189,8 @@ def pretrain(
         if env.is_main:
             console.log(f"resuming {model_name} from {run.last}: epoch {start_epoch + 1}, batch {start_batch}")
 
-    train_model = DistributedDataParallel(model, device_ids=[env.local_rank] if env.device.type == "cuda" else None) if env.distributed else model
+    compiled = torch.compile(model) if cfg.compile else model
+    train_model = DistributedDataParallel(compiled, device_ids=[env.local_rank] if env.device.type == "cuda" else None) if env.distributed else compiled
     train_loader = build_train_loader(Path(data_root), cfg, env, run.skips)
     val_loader = build_eval_loader(Path(data_root), cfg.img_size, cfg.eval_crop_pct, cfg.interpolation, cfg.batch_per_device, cfg.workers, env, run.skips)
     batches_per_epoch = len(train_loader.sampler.sampler) // cfg.batch_per_device
@@ -219,6 +238,8 @@ def pretrain(
                     break
                 seed_everything(derived_seed(cfg.seed, env.rank, epoch, batch))  # Mixup/CutMix, drop path
                 images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
                 if mixup is not None:
                     images, targets = mixup(images, targets)
                 boundary = (batch + 1) % accum == 0
