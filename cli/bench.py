@@ -16,7 +16,17 @@ app = typer.Typer(help="Speed benchmarks: SECA implementations and whole models 
 DeviceOpt = Annotated[str, typer.Option(help="Device to run on: cpu, cuda, cuda:1, ...")]
 BatchOpt = Annotated[int, typer.Option(help="Batch size.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="Print markdown tables (as in docs/benchmarks.md).")]
 RoundsOpt = Annotated[int, typer.Option(help="Timed rounds per candidate (median reported); candidates run interleaved.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice, one per core).")]
+
+
+def _threads(threads: int | None) -> str:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return f" --threads {threads}" if threads is not None else ""
 
 
 def _progress():
@@ -24,16 +34,23 @@ def _progress():
 
 
 @user_errors
-def seca(device: DeviceOpt = "cpu", batch: BatchOpt = 8, rounds: RoundsOpt = 7, json_out: JsonOpt = False) -> None:
+def seca(device: DeviceOpt = "cpu", batch: BatchOpt = 8, rounds: RoundsOpt = 7, threads: ThreadsOpt = None, json_out: JsonOpt = False, markdown: MarkdownOpt = False) -> None:
     """Appendix-E code vs seca_reference vs seca_fast at the four SecViT-S stage shapes (224x224)."""
     from secvit.bench import bench_seca, environment
+
+    threads_arg = _threads(threads)
 
     with _progress() as progress:
         task = progress.add_task("seca")
         result = bench_seca(batch=batch, device=device, rounds=rounds, progress=lambda m: progress.update(task, description=m))
-    result = {"environment": environment(device), "command": f"secvit bench seca --device {device} --batch {batch} --rounds {rounds}", **result}
+    result = {"environment": environment(device), "command": f"secvit bench seca --device {device} --batch {batch} --rounds {rounds}{threads_arg}", **result}
     if json_out:
         print(json.dumps(result, indent=1))
+        return
+    if markdown:
+        from secvit.bench import seca_markdown
+
+        print(seca_markdown(result))
         return
     for mode in ("forward", "forward_backward"):
         table = Table(title=f"SECA {mode.replace('_', '+')}, batch {batch}, {device} (ms; speed-up vs appendix E)")
@@ -60,12 +77,15 @@ def models(
     dtype: Annotated[list[str] | None, typer.Option(help="fp32 and/or bf16 (autocast); repeatable.")] = None,
     mode: Annotated[list[str] | None, typer.Option(help="inference and/or training; repeatable.")] = None,
     baseline: Annotated[str, typer.Option(help="Ratios are throughput / this model's throughput.")] = "swin_tiny_patch4_window7_224",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
+    markdown: MarkdownOpt = False,
 ) -> None:
     """Inference and training-step throughput and peak memory of models, fp32 and bf16, in one run."""
     from secvit.bench import bench_models, environment
     from secvit.errors import SecvitError
 
+    threads_arg = _threads(threads)
     names = names or ["secvit_tiny", "secvit_small", "swin_tiny_patch4_window7_224", "convnext_tiny"]
     modes = tuple(mode or ("inference", "training"))
     if any(m not in ("inference", "training") for m in modes):
@@ -75,10 +95,15 @@ def models(
         task = progress.add_task("models")
         result = bench_models(names, batch=batch, device=device, img_size=img_size, rounds=rounds, dtypes=dtypes, modes=modes,
                               baseline=baseline, progress=lambda m: progress.update(task, description=m))
-    command = f"secvit bench models {' '.join(names)} --device {device} --batch {batch} --rounds {rounds}"
+    command = f"secvit bench models {' '.join(names)} --device {device} --batch {batch} --rounds {rounds}{threads_arg}"
     result = {"environment": environment(device), "command": command, **result}
     if json_out:
         print(json.dumps(result, indent=1))
+        return
+    if markdown:
+        from secvit.bench import models_markdown
+
+        print(models_markdown(result))
         return
     keys = [f"{m}_{d}" for m in modes for d in dtypes]
     table = Table(title=f"img/s (ratio vs {baseline}) and peak MiB, batch {batch} at {img_size}, {device}")

@@ -388,3 +388,56 @@ def bench_models(
                 if key != "params"
             }
     return {"batch": batch, "img_size": img_size, "rounds": rounds, "baseline": baseline, "models": results, f"ratio_vs_baseline": ratios}
+
+
+# ---------------------------------------------------------------------------
+# Markdown (docs/benchmarks.md)
+
+
+def _env_line(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    return (
+        f"{env['date']}, {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
+        f"timm {env['timm']}, Python {env['python']}; command: `{result['command']}`"
+    )
+
+
+def seca_markdown(result: dict[str, Any]) -> str:
+    """Tables of a :func:`bench_seca` result (with ``environment`` and ``command`` added)."""
+    lines = [_env_line(result), ""]
+    for mode in ("forward", "forward_backward"):
+        lines += [
+            f"| stage | tokens | clusters | heads x d | {mode.replace('_', '+')} appendix E ms | reference ms | fast ms | fast vs appendix E |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in result["shapes"]:
+            ms, up = row[mode]["ms"], row[mode]["speedup_vs_appendix_e"]
+            lines.append(
+                f"| {row['stage']} | {row['tokens']} | {row['clusters']} | {row['heads']} x {row['head_dim']} | "
+                f"{ms['appendix_e']:.2f} | {ms['reference']:.2f} ({up['reference']:.2f}x) | {ms['fast']:.2f} | {up['fast']:.2f}x |"
+            )
+        geo = result["geomean_speedup_vs_appendix_e"][mode]
+        lines += [f"| geomean | | | | 1.00x | {geo['reference']:.2f}x | | {geo['fast']:.2f}x |", ""]
+    return "\n".join(lines)
+
+
+def models_markdown(result: dict[str, Any]) -> str:
+    """Table of a :func:`bench_models` result (with ``environment`` and ``command`` added)."""
+    first = next(iter(result["models"].values()))
+    keys = [k for k in first if k != "params"]
+    lines = [
+        _env_line(result),
+        "",
+        f"img/s (ratio to {result['baseline']}) / peak MiB, batch {result['batch']} at {result['img_size']}x{result['img_size']}, median of {result['rounds']} interleaved rounds",
+        "",
+        "| model | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for name, figures in result["models"].items():
+        ratios = result["ratio_vs_baseline"].get(name, {})
+        cells = [
+            f"{figures[k]['img_per_s']:.2f}" + (f" ({ratios[k]:.2f}x)" if k in ratios else "") + f" / {figures[k]['peak_memory_mb']:.0f}"
+            for k in keys
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -119,3 +119,16 @@ def test_timing_runs_candidates_interleaved_and_peak_memory_counts_allocations()
     assert all(len(s) == 3 for s in samples.values())
     big = peak_memory(lambda: torch.ones(4 * 2**20).sum(), "cpu")
     assert 16 * 2**20 <= big < 32 * 2**20
+
+
+@pytest.mark.slow
+def test_whole_model_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) (eager backend) of the whole model, training with drop path and eval."""
+    model = create("secvit_tiny", drop_path_rate=0.1).train()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(2, 3, 64, 64)
+    compiled(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
