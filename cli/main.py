@@ -6,7 +6,7 @@ import warnings
 
 import typer
 
-from cli import data, downstream, models, repro, results, train
+from cli import bench, data, downstream, models, repro, results, train
 
 # torch 2.14 warns on every import of libraries that still call torch.jit.script.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
@@ -25,6 +25,7 @@ downstream.register(app)
 data.register(app)
 results.register(app)
 repro.register(app)
+bench.register(app)
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,7 +81,6 @@ def measure(model_name: str, img_size: int | tuple[int, int] = 224, **model_kwar
     return Complexity(model_name, size, params, total / 1e9, no_attn / 1e9)
 
 
-@torch.no_grad()
 def throughput(
     model_name: str,
     img_size: int = 224,
@@ -92,19 +90,8 @@ def throughput(
     device: str | None = None,
     dtype: torch.dtype | None = None,
 ) -> float:
-    """Images per second of inference (the paper: A100, batch 64)."""
+    """Images per second of inference (the paper: A100, batch 64), timed by :mod:`secvit.bench`."""
+    from secvit import bench
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = create(model_name).eval().to(device)
-    inputs = torch.randn(batch_size, 3, img_size, img_size, device=device)
-    autocast = torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype is not None)
-    with autocast:
-        for _ in range(warmup):
-            model(inputs)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps):
-            model(inputs)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-    return batch_size * steps / (time.perf_counter() - start)
+    return bench.throughput(create(model_name), img_size, batch_size, steps, warmup, device, dtype)

@@ -74,7 +74,7 @@ def cluster_maps(model: nn.Module, x: Tensor, head: int = 0) -> list[tuple[int, 
 
     Labels come from the first block of the stage, for attention head ``head``: one
     ``forward_intermediates`` pass (stopping after the last clustered stage) runs the model,
-    and a pre-hook on each of those attentions records exactly the input it clusters.
+    and a pre-hook on the first block of each records exactly the input it clusters.
     """
     clustered = [i for i, c in enumerate(model.clusters) if c > 1]
     for i in clustered:
@@ -83,22 +83,22 @@ def cluster_maps(model: nn.Module, x: Tensor, head: int = 0) -> list[tuple[int, 
             raise SecvitError(f"--head {head} is out of range: stage {i + 1} has {heads} heads (use 0..{heads - 1})")
     if not clustered:
         return []
-    attn_inputs: dict[int, tuple] = {}
+    block_inputs: dict[int, tuple] = {}
 
     def recorder(stage: int):
         def hook(module: nn.Module, args: tuple) -> None:
-            attn_inputs[stage] = args
+            block_inputs[stage] = args
 
         return hook
 
-    attns = {i: model.stages[i].blocks[0].attn for i in clustered}
-    handles = [attn.register_forward_pre_hook(recorder(i)) for i, attn in attns.items()]
+    blocks = {i: model.stages[i].blocks[0] for i in clustered}
+    handles = [block.register_forward_pre_hook(recorder(i)) for i, block in blocks.items()]
     try:
         model.forward_intermediates(x, indices=clustered, stop_early=True, intermediates_only=True)
     finally:
         for handle in handles:
             handle.remove()
-    return [(i, model.clusters[i], attns[i].cluster_assignment(*attn_inputs[i])[0, head]) for i in clustered]
+    return [(i, model.clusters[i], blocks[i].cluster_assignment(*block_inputs[i])[0, head]) for i in clustered]
 
 
 def cluster_palette() -> np.ndarray:

@@ -1,16 +1,35 @@
-"""Semantic Equitable Clustering attention: reference vs batched, padding policy, released algorithm."""
+"""Semantic Equitable Clustering attention: the fast path against the reference (forward and
+backward, divisible and non-divisible token counts), the released algorithm, the padding policy,
+and the channels-last module pieces (rotary tables, fx and dynamo tracing)."""
 
 import math
 
 import pytest
 import torch
 
-from secvit.models.seca import SECA, RotaryEmbedding2d, cluster_sizes, seca_batched, seca_reference, semantic_order
+from secvit.models.seca import (
+    SECA,
+    RotaryEmbedding2d,
+    cluster_sizes,
+    rotate_packed,
+    seca_fast,
+    seca_reference,
+    semantic_order,
+    unpack_qkv,
+)
+from secvit.models.secvit import SecStage
 
 
-def qkv(n: int, heads: int = 2, d: int = 8, batch: int = 2, seed: int = 0):
+def packed(n: int, heads: int = 2, d: int = 8, batch: int = 2, seed: int = 0, dtype=torch.float64):
+    """A packed (B, N, 3, heads, d) q/k/v tensor."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, heads, n, d, generator=g, dtype=torch.float64) for _ in range(3)]
+    return torch.randn(batch, n, 3, heads, d, generator=g, dtype=dtype)
+
+
+def reference(qkv, clusters):
+    """seca_reference on the packed tensor, in the token layout seca_fast returns."""
+    b, n = qkv.shape[:2]
+    return seca_reference(*unpack_qkv(qkv), clusters).transpose(1, 2).reshape(b, n, -1)
 
 
 def released_seca(q, k, v, clusters):
@@ -26,10 +45,11 @@ def released_seca(q, k, v, clusters):
 
 @pytest.mark.parametrize("n,c", [(3136, 32), (784, 8), (196, 2), (64, 4)])
 def test_divisible_sizes_match_released_algorithm(n, c):
-    q, k, v = qkv(n)
-    expected = released_seca(q, k, v, c)
-    torch.testing.assert_close(seca_reference(q, k, v, c), expected)
-    torch.testing.assert_close(seca_batched(q, k, v, c), expected)
+    qkv = packed(n)
+    b = qkv.shape[0]
+    expected = released_seca(*unpack_qkv(qkv), c)
+    torch.testing.assert_close(seca_reference(*unpack_qkv(qkv), c), expected)
+    torch.testing.assert_close(seca_fast(qkv, c), expected.transpose(1, 2).reshape(b, n, -1))
 
 
 @pytest.mark.parametrize("n,c", [(66800, 32), (10, 4), (97, 8), (33, 32), (5, 2)])
@@ -46,58 +66,113 @@ def test_too_few_tokens_for_clusters():
         cluster_sizes(3, 4)
 
 
-@pytest.mark.parametrize("n,c", [(97, 8), (10, 4), (210, 32), (33, 32), (49, 2)])
-def test_batched_matches_reference_on_non_divisible_sizes(n, c):
-    q, k, v = qkv(n)
-    torch.testing.assert_close(seca_batched(q, k, v, c), seca_reference(q, k, v, c))
+@pytest.mark.parametrize(
+    "n,c,heads", [(784, 8, 4), (196, 2, 8), (49, 1, 4), (97, 8, 2), (10, 4, 1), (210, 32, 2), (33, 32, 2), (49, 2, 3)]
+)
+def test_fast_matches_reference_forward_and_backward(n, c, heads):
+    """Divisible and non-divisible token counts, global attention; gradients w.r.t. q, k and v."""
+    qkv = packed(n, heads=heads).requires_grad_()
+    fast, ref = seca_fast(qkv, c), reference(qkv, c)
+    torch.testing.assert_close(fast, ref)
+    grad = torch.randn_like(fast)
+    (g_fast,) = torch.autograd.grad(fast, qkv, grad)
+    (g_ref,) = torch.autograd.grad(ref, qkv, grad)
+    assert g_ref.abs().amax(dim=(0, 1, 3, 4)).min() > 0  # q, k and v all receive gradient
+    torch.testing.assert_close(g_fast, g_ref)
 
 
-@pytest.mark.parametrize("fill", [1e4, -1e4, 123.0])
-def test_real_tokens_do_not_depend_on_padding(fill):
-    q, k, v = qkv(97)
-    base = seca_batched(q, k, v, 8, pad_fill=0.0)
-    torch.testing.assert_close(seca_batched(q, k, v, 8, pad_fill=fill), base, rtol=0, atol=0)
-    assert torch.isfinite(base).all()
+def test_fast_matches_reference_in_float32_at_a_stage_shape():
+    qkv = packed(784, heads=4, d=32, dtype=torch.float32).requires_grad_()
+    fast, ref = seca_fast(qkv, 8), reference(qkv, 8)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+    grad = torch.randn_like(fast)
+    torch.testing.assert_close(torch.autograd.grad(fast, qkv, grad)[0], torch.autograd.grad(ref, qkv, grad)[0], rtol=1e-4, atol=1e-4)
 
 
 def test_every_token_attends_only_within_its_cluster():
-    """Perturbing a token's value changes exactly the outputs of its own cluster."""
+    """Perturbing a token's value changes exactly the outputs of its own cluster (non-divisible)."""
     n, c = 97, 8
-    q, k, v = qkv(n, batch=1, heads=1)
-    order = semantic_order(k)[0, 0]
+    qkv = packed(n, heads=1, batch=1)
+    order = semantic_order(unpack_qkv(qkv)[1])[0, 0]
     sizes = cluster_sizes(n, c)
     clusters = torch.empty(n, dtype=torch.long)
     clusters[order] = torch.repeat_interleave(torch.arange(c), torch.tensor(sizes))
-    base = seca_batched(q, k, v, c)
-    for token in (0, int(order[-1]), int(order[sizes[0]])):
-        v2 = v.clone()
-        v2[0, 0, token] += 10.0
-        changed = (seca_batched(q, k, v2, c) - base).abs().amax(-1)[0, 0] > 1e-9
+    base = seca_fast(qkv, c)
+    for token in (0, int(order[-1]), int(order[sizes[0]]), int(order[sizes[0] - 1])):
+        changed_qkv = qkv.clone()
+        changed_qkv[0, token, 2] += 10.0
+        changed = (seca_fast(changed_qkv, c) - base).abs().amax(-1)[0] > 1e-9
         assert torch.equal(changed, clusters == clusters[token])
 
 
 def test_global_attention_when_one_cluster():
-    q, k, v = qkv(49)
+    qkv = packed(49)
+    q, k, v = unpack_qkv(qkv)
     expected = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
-    torch.testing.assert_close(seca_batched(q, k, v, 1), expected)
     torch.testing.assert_close(seca_reference(q, k, v, 1), expected)
+    torch.testing.assert_close(seca_fast(qkv, 1), expected.transpose(1, 2).reshape(2, 49, -1))
 
 
-def test_module_reference_and_batched_paths_agree_at_odd_sizes():
+def test_rotary_tables_rotate_pairs_and_scale_keys():
+    """rot(x): pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin); k also scaled; v unchanged.
+    The complex (fp32/fp64) and real (bf16) formulas agree."""
+    rope = RotaryEmbedding2d(8).double()
+    qkv = packed(12, heads=2, d=8)
+    out = rotate_packed(qkv, rope.qkv_tables(3, 4, 0.5))
+    sin, cos = rope(3, 4)
+    x0, x1 = qkv[..., 0::2], qkv[..., 1::2]
+    s, c = sin[:, None, None, 0::2], cos[:, None, None, 0::2]
+    expected = torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], dim=-1).flatten(-2)
+    torch.testing.assert_close(out[:, :, 0], expected[:, :, 0])
+    torch.testing.assert_close(out[:, :, 1], expected[:, :, 1] * 0.5)
+    torch.testing.assert_close(out[:, :, 2], qkv[:, :, 2], rtol=0, atol=0)
+    low = rotate_packed(qkv.bfloat16(), rope.qkv_tables(3, 4, 0.5))
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.double(), out, rtol=2e-2, atol=2e-2)
+
+
+def test_module_reference_and_fast_paths_agree_at_odd_sizes():
     torch.manual_seed(0)
     fast = SECA(32, 2, 8).double()
     ref = SECA(32, 2, 8, reference=True).double()
     ref.load_state_dict(fast.state_dict())
-    x = torch.randn(2, 32, 13, 17, dtype=torch.float64)
-    rope = RotaryEmbedding2d(16).double()(13, 17)
-    torch.testing.assert_close(fast(x, rope), ref(x, rope))
+    x = torch.randn(2, 13, 17, 32, dtype=torch.float64, requires_grad=True)
+    tables = RotaryEmbedding2d(16).double().qkv_tables(13, 17, fast.scale)
+    out_fast, out_ref = fast(x, tables), ref(x, tables)
+    torch.testing.assert_close(out_fast, out_ref)
+    grad = torch.randn_like(out_fast)
+    torch.testing.assert_close(torch.autograd.grad(out_fast, x, grad)[0], torch.autograd.grad(out_ref, x, grad)[0])
 
 
 def test_cluster_assignment_matches_sizes():
     torch.manual_seed(0)
     attn = SECA(32, 2, 8)
-    x = torch.randn(1, 32, 10, 11)
-    labels = attn.cluster_assignment(x, RotaryEmbedding2d(16)(10, 11))
+    x = torch.randn(1, 10, 11, 32)
+    labels = attn.cluster_assignment(x, RotaryEmbedding2d(16).qkv_tables(10, 11, attn.scale))
     assert labels.shape == (1, 2, 10, 11)
     counts = torch.bincount(labels[0, 0].flatten(), minlength=8).tolist()
     assert counts == cluster_sizes(110, 8)
+
+
+def _stage():
+    torch.manual_seed(0)
+    return SecStage(16, 32, depth=2, heads=2, clusters=4, drop_paths=[0.0, 0.0], layer_scale=1e-2, downsample=True).eval()
+
+
+def test_stage_is_fx_traceable():
+    stage = _stage()
+    traced = torch.fx.symbolic_trace(stage)
+    for size in ((9, 11), (16, 16)):  # non-divisible and divisible token counts
+        x = torch.randn(2, 16, *size)
+        torch.testing.assert_close(traced(x), stage(x))
+
+
+def test_stage_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) with the eager backend: dynamo traces the whole stage."""
+    stage = _stage()
+    compiled = torch.compile(stage, backend="eager", fullgraph=True)
+    x = torch.randn(2, 16, 9, 11, requires_grad=True)
+    out = compiled(x)
+    torch.testing.assert_close(out, stage(x))
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

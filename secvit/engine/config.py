@@ -50,6 +50,10 @@ class PretrainConfig:
     drop_path: dict[str, float]  # per model
     sync_bn: bool
     amp_dtype: str | None  # bfloat16 on GPU; ignored on CPU
+    fused_optimizer: bool  # fused AdamW kernel (one kernel for all parameters; same updates)
+    channels_last: bool  # convolutions on channels-last memory (model and input batches)
+    compile: bool  # torch.compile the training model (opt-in; first steps are slow)
+    grad_checkpointing: bool  # recompute each block in backward: less memory, about 1/3 more compute
     seed: int
     workers: int
     eval_every: int

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.data import Mixup
@@ -123,15 +124,20 @@ class Position:
     partial: dict[str, float] = field(default_factory=lambda: {"loss_sum": 0.0, "batches": 0, "seconds": 0.0})
 
 
-def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: DistEnv, model_kwargs: dict[str, Any]) -> Training:
-    """Model (same initial weights on every rank), EMA, optimizer, schedule, Mixup/CutMix and loss of the recipe."""
-    seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = create(model_name, num_classes=num_classes, drop_path_rate=cfg.drop_path_for(model_name), **model_kwargs)
-    if cfg.sync_bn and env.distributed and env.device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(env.device)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay_per_step) if cfg.ema else None
-    optimizer = create_optimizer_v2(
+def apply_speed_options(model: nn.Module, cfg: PretrainConfig, device: torch.device) -> nn.Module:
+    """Move ``model`` to ``device`` with the recipe's memory layout and gradient checkpointing."""
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer (AdamW), with the fused kernel if ``cfg.fused_optimizer``."""
+    extra = {"fused": True} if cfg.fused_optimizer else {}
+    return create_optimizer_v2(
         model,
         opt=cfg.opt,
         lr=cfg.lr,
@@ -139,7 +145,19 @@ def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: 
         eps=cfg.opt_eps,
         betas=tuple(cfg.opt_betas),
         filter_bias_and_bn=cfg.no_decay_bias_norm,
+        **extra,
     )
+
+
+def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: DistEnv, model_kwargs: dict[str, Any]) -> Training:
+    """Model (same initial weights on every rank), EMA, optimizer, schedule, Mixup/CutMix and loss of the recipe."""
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    model = create(model_name, num_classes=num_classes, drop_path_rate=cfg.drop_path_for(model_name), **model_kwargs)
+    if cfg.sync_bn and env.distributed and env.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    apply_speed_options(model, cfg, env.device)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay_per_step) if cfg.ema else None
+    optimizer = build_optimizer(model, cfg)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr
     )
@@ -227,6 +245,8 @@ def train_one_epoch(
             break
         seed_everything(derived_seed(cfg.seed, env.rank, epoch, batch))  # Mixup/CutMix, drop path
         images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         if training.mixup is not None:
             images, targets = training.mixup(images, targets)
 
@@ -323,8 +343,10 @@ def pretrain(
     position = resume(run, training, identity)
     if resuming and env.is_main:
         console.log(f"resuming {model_name} from {run.last}: epoch {position.epoch + 1}, batch {position.batch}")
+    if cfg.compile:
+        training.train_model = torch.compile(training.model)
     if env.distributed:
-        training.train_model = DistributedDataParallel(training.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+        training.train_model = DistributedDataParallel(training.train_model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
 
     train_loader = build_train_loader(Path(data_root), cfg, env, run.skips)
     val_loader = build_eval_loader(Path(data_root), cfg.img_size, cfg.eval_crop_pct, cfg.interpolation, cfg.batch_per_device, cfg.workers, env, run.skips)

@@ -15,18 +15,24 @@ detection sizes such as 800x1333). Here every size works: with ``N`` tokens and
 ``c`` clusters, ``L = ceil(N / c)`` and ``p = c*L - N``; the first ``c - p``
 clusters of the ordered sequence hold ``L`` tokens and the last ``p`` clusters
 hold ``L - 1``, so cluster sizes differ by at most one and every real token lands
-in exactly one cluster. The batched path appends one padding slot to each short
-cluster; padding slots are masked out as keys (they never receive attention
-weight) and their outputs are dropped, so results for real tokens do not depend
-on what the padding holds. When ``c`` divides ``N`` this is exactly the released
+in exactly one cluster. When ``c`` divides ``N`` this is exactly the released
 algorithm. Every cluster must hold at least one real token (``N >= c``).
 
-Two implementations with identical results:
+Two implementations with identical results (same clusters, same outputs and
+gradients up to float rounding):
 
 * :func:`seca_reference` follows the paper step by step, one cluster at a time,
   with no padding at all. It is the definition.
-* :func:`seca_batched` pads and masks as above and runs all clusters as one
-  batched ``scaled_dot_product_attention`` call (fused kernels on GPU).
+* :func:`seca_fast` is what the model runs. It takes the packed q/k/v projection
+  in token layout ``(B, N, 3, heads, d)`` and moves every row once: one
+  ``index_select`` puts q, k and v of every (sample, head, cluster) into
+  ``(3, B, heads*clusters, L, d)`` (clusters folded into the batch, so attention
+  runs on 4-D tensors through the fused kernels), and one more puts the results
+  back into token layout ``(B, N, heads*d)``, ready for the output projection.
+  Both moves are permutations of rows whose backward is the inverse permutation
+  (a gather, not a scatter-add). When clusters do not divide the tokens, short
+  clusters get one padding slot that is masked out as a key and dropped as a
+  query, so padding never affects real tokens.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -63,7 +70,17 @@ def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """softmax(q k^T) v with keys already scaled (the released model scales k by d^-0.5)."""
+    """softmax(q k^T) v with keys already scaled (the released model scales k by d^-0.5).
+
+    ``mask``: boolean, True where a key may be attended. fp32 (and anything on GPU)
+    goes through ``scaled_dot_product_attention``; bf16/fp16 on CPU through plain
+    matmuls, which are faster there than the CPU flash kernel at these sizes.
+    """
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        scores = q @ k.transpose(-1, -2)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(dim=-1) @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
 
 
@@ -82,48 +99,106 @@ def seca_reference(q: Tensor, k: Tensor, v: Tensor, num_clusters: int) -> Tensor
     return _gather_tokens(out, order.argsort(dim=-1))
 
 
-def _padded_slots(num_tokens: int, num_clusters: int, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """Slot of each ordered token in the padded (clusters x L) layout, and the key mask.
+def unpack_qkv(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, heads, N, d) views of q, k, v in a packed (B, N, 3, heads, d) tensor."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return q, k, v
 
-    Returns ``slots`` (N,) and a boolean mask (clusters, 1, L) that is True for real
-    keys, or None when no padding is needed.
+
+class _RowPermutation(torch.autograd.Function):
+    """``x.index_select(0, index)`` for a permutation of rows; backward selects with the inverse."""
+
+    @staticmethod
+    def forward(x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        return x.index_select(0, index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+def _select_rows(x: Tensor, index: Tensor, inverse: Tensor | None) -> Tensor:
+    """Rows ``index`` of the 2-D ``x``; a permutation when ``inverse`` is given (cheaper backward)."""
+    if inverse is None:
+        return x.index_select(0, index)
+    return _RowPermutation.apply(x, index, inverse)
+
+
+def _inverse(index: Tensor) -> Tensor:
+    return torch.empty_like(index).scatter_(0, index, torch.arange(index.numel(), device=index.device))
+
+
+def _slots(num_tokens: int, num_clusters: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Padded (clusters x L) layout of the ordered tokens.
+
+    Returns ``source`` (clusters*L,): the ordered token shown in each slot (padding
+    slots repeat the cluster's last token); ``position`` (N,): the slot of each
+    ordered token; and the key mask (clusters, 1, L), True for real keys, or None
+    when clusters divide the tokens (then both maps are the identity).
     """
     sizes = cluster_sizes(num_tokens, num_clusters)
     size = sizes[0]
-    if all(s == size for s in sizes):
-        return torch.arange(num_tokens, device=device), None
-    real = torch.tensor(sizes, device=device)
-    valid = torch.arange(size, device=device).unsqueeze(0) < real.unsqueeze(1)  # (clusters, L)
-    slots = valid.flatten().nonzero().squeeze(1)
-    return slots, valid.unsqueeze(1)
+    if sizes[-1] == size:
+        ident = torch.arange(num_tokens, device=device)
+        return ident, ident, None
+    starts = [sum(sizes[:i]) for i in range(num_clusters)]
+    source = [start + min(j, s - 1) for start, s in zip(starts, sizes) for j in range(size)]
+    position = [c * size + j for c, s in enumerate(sizes) for j in range(s)]
+    mask = [[j < s for j in range(size)] for s in sizes]
+    return (
+        torch.tensor(source, device=device),
+        torch.tensor(position, device=device),
+        torch.tensor(mask, device=device).unsqueeze(1),
+    )
 
 
-def seca_batched(q: Tensor, k: Tensor, v: Tensor, num_clusters: int, pad_fill: float = 0.0) -> Tensor:
-    """SECA with all clusters in one batched attention call (same result as the reference).
+def seca_fast(qkv: Tensor, num_clusters: int) -> Tensor:
+    """SECA on the packed projection ``qkv`` (B, N, 3, heads, d), k already scaled.
 
-    ``pad_fill`` is the value written into padding slots; it has no effect on the
-    output (kept as an argument so tests can prove that).
+    Returns (B, N, heads*d). Same clusters and results as :func:`seca_reference`
+    applied to :func:`unpack_qkv` of the same tensor.
     """
-    if num_clusters == 1:
-        return attend(q, k, v)
-    bsz, heads, num_tokens, dim = q.shape
-    order = semantic_order(k)
-    slots, valid = _padded_slots(num_tokens, num_clusters, q.device)
-    size = math.ceil(num_tokens / num_clusters)
+    bsz, num_tokens, _, heads, dim = qkv.shape
+    qkv = qkv.contiguous()
+    if num_clusters == 1:  # global attention over few tokens: plain matmuls beat the fused kernels here
+        q, k, v = unpack_qkv(qkv)
+        out = torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v
+        return out.transpose(1, 2).reshape(bsz, num_tokens, heads * dim)
+    device = qkv.device
+    order = semantic_order(unpack_qkv(qkv)[1])  # (B, heads, N)
+    source, position, mask = _slots(num_tokens, num_clusters, device)
+    slots = source.numel()
+    size = slots // num_clusters
+    tokens = order if mask is None else order.index_select(2, source)  # (B, heads, slots)
 
-    def to_clusters(t: Tensor) -> Tensor:
-        t = _gather_tokens(t, order)
-        if valid is not None:
-            padded = t.new_full((bsz, heads, num_clusters * size, dim), pad_fill)
-            padded[:, :, slots] = t
-            t = padded
-        return t.reshape(bsz, heads, num_clusters, size, dim)
+    # rows of qkv: ((b*N + token)*3 + s)*heads + head; gathered into (3, B, heads, slots)
+    b = torch.arange(bsz, device=device).view(1, bsz, 1, 1) * (num_tokens * 3 * heads)
+    s = torch.arange(3, device=device).view(3, 1, 1, 1) * heads
+    h = torch.arange(heads, device=device).view(1, 1, heads, 1)
+    index = (b + tokens.unsqueeze(0) * (3 * heads) + s + h).flatten()
+    inverse = _inverse(index) if mask is None else None
+    packed = _select_rows(qkv.view(-1, dim), index, inverse).view(3, bsz, heads * num_clusters, size, dim)
+    if mask is not None:
+        mask = mask.repeat(heads, 1, 1)  # (heads*clusters, 1, L)
+    out = attend(packed[0], packed[1], packed[2], mask)  # (B, heads*clusters, L, d)
 
-    out = attend(to_clusters(q), to_clusters(k), to_clusters(v), valid)
-    out = out.reshape(bsz, heads, num_clusters * size, dim)
-    if valid is not None:
-        out = out[:, :, slots]
-    return _gather_tokens(out, order.argsort(dim=-1))
+    # back to token layout: row (b*N + token)*heads + head <- row (b*heads + head)*slots + slot
+    offset = torch.arange(bsz * heads, device=device).view(bsz, heads, 1)
+    rank = _inverse((order + offset * num_tokens).flatten()).view(bsz, heads, num_tokens) - offset * num_tokens
+    if mask is not None:
+        rank = position[rank]
+    back = rank + offset * slots  # (B, heads, N): slot of each token
+    back = back.transpose(1, 2).flatten()
+    back_inverse = _inverse(back) if mask is None else None
+    return _select_rows(out.reshape(-1, dim), back, back_inverse).view(bsz, num_tokens, heads * dim)
+
+
+torch.fx.wrap("seca_fast")
 
 
 class RotaryEmbedding2d(nn.Module):
@@ -139,6 +214,7 @@ class RotaryEmbedding2d(nn.Module):
             raise ValueError(f"head dim {head_dim} must be divisible by 4 for 2-D rotary embedding")
         angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 4))
         self.register_buffer("angle", angle.repeat_interleave(2), persistent=False)
+        self.register_buffer("sign", torch.tensor([-1.0, 1.0]).repeat(head_dim // 2), persistent=False)
 
     def forward(self, height: int, width: int) -> tuple[Tensor, Tensor]:
         """sin and cos tables of shape (H*W, head_dim)."""
@@ -149,16 +225,70 @@ class RotaryEmbedding2d(nn.Module):
         theta = torch.cat([theta_r, theta_c], dim=-1).reshape(height * width, -1)
         return theta.sin(), theta.cos()
 
+    def qkv_tables(self, height: int, width: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Tables that rotate q and rotate and scale k, for :func:`rotate_packed`.
 
-def apply_rotary(x: Tensor, sin: Tensor, cos: Tensor) -> Tensor:
-    """Rotate channel pairs (2i, 2i+1) of ``x`` (..., N, d) by the given angles."""
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    rotated = torch.stack([-x1, x0], dim=-1).flatten(-2)
-    return x * cos + rotated * sin
+        Returns ``turn`` (N, 2, 1, d/2), complex: ``cos + i sin`` per channel pair (times
+        ``scale`` for k), and the same as real tables ``sin``, ``cos`` (N, 2, 1, d), where
+        ``sin`` carries the sign of the rotation: ``x * cos + swap_pairs(x) * sin``.
+        """
+        sin, cos = self(height, width)
+        turn = torch.complex(cos[:, 0::2], sin[:, 0::2])
+        turn = torch.stack([turn, turn * scale], dim=1).unsqueeze(2)
+        sin = sin * self.sign
+        tables_sin = torch.stack([sin, sin * scale], dim=1).unsqueeze(2)
+        tables_cos = torch.stack([cos, cos * scale], dim=1).unsqueeze(2)
+        return turn, tables_sin, tables_cos
+
+
+def _swap_pairs(x: Tensor) -> Tensor:
+    """Channels (2i, 2i+1) -> (2i+1, 2i) along the last dim."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+def rotate_packed(qkv: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """(rot(q), rot(k) * scale, v) of a packed (B, N, 3, heads, d) projection, as a new
+    contiguous tensor; ``tables`` from :meth:`RotaryEmbedding2d.qkv_tables`.
+
+    fp32/fp64: one complex multiplication per channel pair; other dtypes (bf16 under
+    autocast) stay in their dtype with the real formula.
+    """
+    turn, sin, cos = tables
+    qk, v = qkv[:, :, :2], qkv[:, :, 2:]
+    if qkv.dtype in (torch.float32, torch.float64):
+        pairs = torch.view_as_complex(qk.unflatten(-1, (-1, 2)))
+        rotated = torch.view_as_real(pairs * turn).flatten(-2)
+    else:
+        rotated = torch.addcmul(qk * cos.to(qkv.dtype), _swap_pairs(qk), sin.to(qkv.dtype))
+    return torch.cat([rotated.to(v.dtype), v], dim=2)
+
+
+torch.fx.wrap("rotate_packed")
+
+
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 convolution (the released parameter layout, weight (out, in, 1, 1)) applied as a
+    linear map to channels-last tensors (..., in) -> (..., out)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__(in_dim, out_dim, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.flatten(1), self.bias)
+
+
+class DepthwiseConv(nn.Conv2d):
+    """A depthwise k x k convolution with bias on channels-last tensors (B, H, W, C)."""
+
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__(dim, dim, kernel, padding=kernel // 2, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class SECA(nn.Module):
-    """Semantic Equitable Clustering self-attention on NCHW feature maps.
+    """Semantic Equitable Clustering self-attention on channels-last maps (B, H, W, C).
 
     out = proj(attention(q, k, v) + lce(v)), with 2-D rotary embedding on q and k
     and a 5x5 depthwise "local context enhancement" (LCE) on v.
@@ -173,29 +303,32 @@ class SECA(nn.Module):
         self.num_clusters = num_clusters
         self.reference = reference
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.lce = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.proj = nn.Conv2d(dim, dim, 1)
+        self.qkv = PointwiseConv(dim, dim * 3)
+        self.lce = DepthwiseConv(dim, 5)
+        self.proj = PointwiseConv(dim, dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-        bsz, dim, height, width = x.shape
+    def _packed(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Projection ``(B, H, W, 3C)`` and the rotated, scaled packed q/k/v ``(B, N, 3, heads, d)``."""
+        bsz, height, width, dim = x.shape
         qkv = self.qkv(x)
-        lce = self.lce(qkv[:, 2 * dim :])
-        q, k, v = qkv.reshape(bsz, 3, self.num_heads, self.head_dim, height * width).transpose(-1, -2).unbind(1)
-        sin, cos = rope
-        q = apply_rotary(q, sin, cos)
-        k = apply_rotary(k, sin, cos) * self.scale
-        seca = seca_reference if self.reference else seca_batched
-        out = seca(q, k, v, self.num_clusters)
-        out = out.transpose(-1, -2).reshape(bsz, dim, height, width)
-        return self.proj(out + lce)
+        packed = qkv.view(bsz, height * width, 3, self.num_heads, self.head_dim)
+        return qkv, rotate_packed(packed, tables)
 
-    def cluster_assignment(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """``tables``: :meth:`RotaryEmbedding2d.qkv_tables` for this map and head dim."""
+        bsz, height, width, dim = x.shape
+        qkv, packed = self._packed(x, tables)
+        lce = self.lce(qkv[..., 2 * dim :])
+        if self.reference:
+            out = seca_reference(*unpack_qkv(packed), self.num_clusters).transpose(1, 2)
+        else:
+            out = seca_fast(packed, self.num_clusters)
+        return self.proj(out.reshape(bsz, height, width, dim) + lce)
+
+    def cluster_assignment(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """Cluster index of every token, per head: (B, heads, H, W). For visualisation."""
-        bsz, dim, height, width = x.shape
-        k = self.qkv(x)[:, dim : 2 * dim].reshape(bsz, self.num_heads, self.head_dim, height * width)
-        k = apply_rotary(k.transpose(-1, -2), *rope)
-        order = semantic_order(k)
+        bsz, height, width, _ = x.shape
+        order = semantic_order(unpack_qkv(self._packed(x, tables)[1])[1])
         sizes = torch.tensor(cluster_sizes(height * width, self.num_clusters), device=x.device)
         labels_in_order = torch.repeat_interleave(torch.arange(self.num_clusters, device=x.device), sizes)
         labels = torch.empty_like(order)

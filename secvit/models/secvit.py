@@ -5,7 +5,7 @@ Transformer", Fan et al., 2024 (arXiv 2405.13337).
 
 The architecture is the released (trained) one: a four-convolution stem, four
 stages of pre-norm blocks (CPE, SECA, convolutional FFN), strided 3x3 convolutions
-between stages, and a 1x1 conv + BN + Swish head. All tensors are NCHW.
+between stages, and a 1x1 conv + BN + Swish head. Stage inputs and outputs are NCHW; inside a stage the blocks run on channels-last maps.
 Released checkpoints load through :func:`checkpoint_filter_fn`.
 """
 
@@ -14,23 +14,20 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.fx
 import torch.utils.checkpoint
-from timm.layers import DropPath, LayerNorm2d, LayerScale2d, SelectAdaptivePool2d, trunc_normal_
+from timm.layers import DropPath, LayerScale, SelectAdaptivePool2d, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from secvit.errors import SecvitError
-from secvit.models.seca import SECA, RotaryEmbedding2d
+from secvit.models.seca import SECA, DepthwiseConv, PointwiseConv, RotaryEmbedding2d
+from secvit.models.variants import VARIANTS  # plain data, shared with secvit.tables
 
 __all__ = ["SecViT", "checkpoint_filter_fn", "VARIANTS"]
-
-
-from secvit.models.variants import VARIANTS, Variant  # noqa: E402,F401  (plain data, shared with secvit.tables)
 
 
 def _conv_bn(cin: int, cout: int, stride: int, act: bool) -> nn.Sequential:
@@ -101,15 +98,15 @@ class Stem(nn.Sequential):
 
 
 class ConvFFN(nn.Module):
-    """1x1 expand, GELU, residual 3x3 depthwise conv, 1x1 project."""
+    """1x1 expand, GELU, residual 3x3 depthwise conv, 1x1 project, on channels-last maps (B, H, W, C)."""
 
     def __init__(self, dim: int, ratio: int = 3) -> None:
         super().__init__()
         hidden = dim * ratio
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.fc1 = PointwiseConv(dim, hidden)
         self.act = nn.GELU()
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.dwconv = DepthwiseConv(hidden, 3)
+        self.fc2 = PointwiseConv(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.fc1(x))
@@ -118,30 +115,43 @@ class ConvFFN(nn.Module):
 
 
 class SecBlock(nn.Module):
-    """x += CPE(x); x += SECA(LN(x)); x += FFN(LN(x)) (with optional layer scale and drop path)."""
+    """x += CPE(x); x += SECA(LN(x)); x += FFN(LN(x)) (with optional layer scale and drop path).
+
+    Works on channels-last maps (B, H, W, C): the 1x1 convolutions of the released model
+    run as linear maps on the channel dim, without layout changes inside the block.
+    """
 
     def __init__(
         self, dim: int, heads: int, clusters: int, drop_path: float, layer_scale: float | None
     ) -> None:
         super().__init__()
-        self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
-        self.norm1 = LayerNorm2d(dim, eps=1e-6)
+        self.cpe = DepthwiseConv(dim, 3)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SECA(dim, heads, clusters)
-        self.ls1 = LayerScale2d(dim, layer_scale) if layer_scale else nn.Identity()
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = LayerNorm2d(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = ConvFFN(dim)
-        self.ls2 = LayerScale2d(dim, layer_scale) if layer_scale else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         x = x + self.cpe(x)
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), rope)))
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), tables)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def cluster_assignment(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """Cluster index of every token per head (B, heads, H, W) in this block's attention."""
+        return self.attn.cluster_assignment(self.norm1(x + self.cpe(x)), tables)
 
 
 class SecStage(nn.Module):
-    """Optional stride-2 downsampling followed by SecViT blocks sharing one rotary table."""
+    """Optional stride-2 downsampling followed by SecViT blocks sharing one rotary table.
+
+    Takes and returns NCHW maps; the blocks run on one channels-last copy of the map
+    (the returned map is an NCHW view of channels-last memory, which the next
+    convolution consumes without a copy).
+    """
 
     def __init__(
         self,
@@ -159,18 +169,23 @@ class SecStage(nn.Module):
             nn.Sequential(nn.Conv2d(in_dim, dim, 3, 2, 1), nn.BatchNorm2d(dim)) if downsample else nn.Identity()
         )
         self.rope = RotaryEmbedding2d(dim // heads)
+        self.scale = (dim // heads) ** -0.5
         self.blocks = nn.ModuleList(SecBlock(dim, heads, clusters, dp, layer_scale) for dp in drop_paths)
         self.grad_checkpointing = False
 
+    def tokens(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """Downsampled channels-last map (B, H, W, C) and the rotary tables of its size."""
+        x = self.downsample(x).permute(0, 2, 3, 1).contiguous()
+        return x, self.rope.qkv_tables(x.shape[1], x.shape[2], self.scale)
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
-        rope = self.rope(x.shape[-2], x.shape[-1])  # not *x.shape[-2:]: torch.fx cannot unpack it
+        x, tables = self.tokens(x)
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, tables, use_reentrant=False)
             else:
-                x = block(x, rope)
-        return x
+                x = block(x, tables)
+        return x.permute(0, 3, 1, 2)
 
 
 POOL_TYPES = ("avg", "max", "avgmax", "")

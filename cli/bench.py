@@ -1,0 +1,127 @@
+"""Benchmark commands: ``secvit bench seca`` and ``secvit bench models``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.common import console, user_errors
+
+app = typer.Typer(help="Speed benchmarks: SECA implementations and whole models (figures in docs/benchmarks.md).", no_args_is_help=True)
+
+DeviceOpt = Annotated[str, typer.Option(help="Device to run on: cpu, cuda, cuda:1, ...")]
+BatchOpt = Annotated[int, typer.Option(help="Batch size.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="Print markdown tables (as in docs/benchmarks.md).")]
+RoundsOpt = Annotated[int, typer.Option(help="Timed rounds per candidate (median reported); candidates run interleaved.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for torch (default: torch's choice, one per core).")]
+
+
+def _threads(threads: int | None) -> str:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return f" --threads {threads}" if threads is not None else ""
+
+
+def _progress():
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
+
+
+@user_errors
+def seca(device: DeviceOpt = "cpu", batch: BatchOpt = 8, rounds: RoundsOpt = 7, threads: ThreadsOpt = None, json_out: JsonOpt = False, markdown: MarkdownOpt = False) -> None:
+    """Appendix-E code vs seca_reference vs seca_fast at the four SecViT-S stage shapes (224x224)."""
+    from secvit.bench import bench_seca, environment
+
+    threads_arg = _threads(threads)
+
+    with _progress() as progress:
+        task = progress.add_task("seca")
+        result = bench_seca(batch=batch, device=device, rounds=rounds, progress=lambda m: progress.update(task, description=m))
+    result = {"environment": environment(device), "command": f"secvit bench seca --device {device} --batch {batch} --rounds {rounds}{threads_arg}", **result}
+    if json_out:
+        print(json.dumps(result, indent=1))
+        return
+    if markdown:
+        from secvit.bench import seca_markdown
+
+        print(seca_markdown(result))
+        return
+    for mode in ("forward", "forward_backward"):
+        table = Table(title=f"SECA {mode.replace('_', '+')}, batch {batch}, {device} (ms; speed-up vs appendix E)")
+        for col in ("stage", "tokens", "clusters", "heads x d", "appendix E", "reference", "fast"):
+            table.add_column(col, justify="right")
+        for row in result["shapes"]:
+            ms, up = row[mode]["ms"], row[mode]["speedup_vs_appendix_e"]
+            table.add_row(
+                str(row["stage"]), str(row["tokens"]), str(row["clusters"]), f"{row['heads']} x {row['head_dim']}",
+                f"{ms['appendix_e']:.2f}", f"{ms['reference']:.2f} ({up['reference']:.2f}x)", f"{ms['fast']:.2f} ({up['fast']:.2f}x)",
+            )
+        geo = result["geomean_speedup_vs_appendix_e"][mode]
+        table.add_row("geomean", "", "", "", "1.00x", f"{geo['reference']:.2f}x", f"{geo['fast']:.2f}x")
+        console.print(table)
+
+
+@user_errors
+def models(
+    names: Annotated[list[str] | None, typer.Argument(help="Models (default: SecViT-T/S, Swin-T, ConvNeXt-T).")] = None,
+    device: DeviceOpt = "cpu",
+    batch: BatchOpt = 8,
+    rounds: RoundsOpt = 5,
+    img_size: Annotated[int, typer.Option(help="Square input size.")] = 224,
+    dtype: Annotated[list[str] | None, typer.Option(help="fp32 and/or bf16 (autocast); repeatable.")] = None,
+    mode: Annotated[list[str] | None, typer.Option(help="inference and/or training; repeatable.")] = None,
+    baseline: Annotated[str, typer.Option(help="Ratios are throughput / this model's throughput.")] = "swin_tiny_patch4_window7_224",
+    threads: ThreadsOpt = None,
+    json_out: JsonOpt = False,
+    markdown: MarkdownOpt = False,
+) -> None:
+    """Inference and training-step throughput and peak memory of models, fp32 and bf16, in one run."""
+    from secvit.bench import bench_models, environment
+    from secvit.errors import SecvitError
+
+    threads_arg = _threads(threads)
+    names = names or ["secvit_tiny", "secvit_small", "swin_tiny_patch4_window7_224", "convnext_tiny"]
+    modes = tuple(mode or ("inference", "training"))
+    if any(m not in ("inference", "training") for m in modes):
+        raise SecvitError("--mode must be inference or training")
+    dtypes = tuple(dtype or ("fp32", "bf16"))
+    with _progress() as progress:
+        task = progress.add_task("models")
+        result = bench_models(names, batch=batch, device=device, img_size=img_size, rounds=rounds, dtypes=dtypes, modes=modes,
+                              baseline=baseline, progress=lambda m: progress.update(task, description=m))
+    command = f"secvit bench models {' '.join(names)} --device {device} --batch {batch} --rounds {rounds}{threads_arg}"
+    result = {"environment": environment(device), "command": command, **result}
+    if json_out:
+        print(json.dumps(result, indent=1))
+        return
+    if markdown:
+        from secvit.bench import models_markdown
+
+        print(models_markdown(result))
+        return
+    keys = [f"{m}_{d}" for m in modes for d in dtypes]
+    table = Table(title=f"img/s (ratio vs {baseline}) and peak MiB, batch {batch} at {img_size}, {device}")
+    table.add_column("model")
+    for key in keys:
+        table.add_column(key.replace("_", " "), justify="right")
+    for name, figures in result["models"].items():
+        ratios = result["ratio_vs_baseline"].get(name, {})
+        cells = []
+        for key in keys:
+            f = figures[key]
+            ratio = f" ({ratios[key]:.2f}x)" if key in ratios else ""
+            cells.append(f"{f['img_per_s']:.2f}{ratio}\n{f['peak_memory_mb']:.0f} MiB")
+        table.add_row(name, *cells)
+    console.print(table)
+
+
+def register(root: typer.Typer) -> None:
+    for func in (seca, models):
+        app.command(name=func.__name__)(func)
+    root.add_typer(app, name="bench")

@@ -1,0 +1,134 @@
+"""Speed options of training and the benchmark library: same results as the plain path.
+
+(No timings are asserted; `secvit bench` prints them.)"""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from secvit.bench import appendix_e_seca, bench_seca, peak_memory, seca_shapes, time_interleaved
+from secvit.engine.config import PretrainConfig
+from secvit.engine.train import apply_speed_options, build_optimizer
+from secvit.models import create
+from secvit.models.seca import seca_fast
+from secvit.models.secvit import SecStage
+from secvit.params import from_section, load_params
+
+
+@pytest.fixture(scope="module")
+def cfg(repo_root) -> PretrainConfig:
+    params = load_params(repo_root / "params.yaml")
+    return from_section(PretrainConfig, params["smoke"]["pretrain"], "smoke.pretrain")
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return create("secvit_tiny", num_classes=4, drop_path_rate=0.0).double()
+
+
+def _grads(model, x, targets):
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), targets).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_speed_options_are_in_the_paper_recipe(repo_root):
+    params = load_params(repo_root / "params.yaml")
+    paper = from_section(PretrainConfig, params["paper"]["pretrain"], "paper.pretrain")
+    assert paper.fused_optimizer and paper.channels_last and not paper.compile and not paper.grad_checkpointing
+
+
+def test_channels_last_and_grad_checkpointing_keep_outputs_and_gradients(cfg):
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    targets = torch.tensor([1, 3])
+    plain = apply_speed_options(_tiny().train(), dataclasses.replace(cfg, channels_last=False, grad_checkpointing=False), torch.device("cpu"))
+    fast = apply_speed_options(_tiny().train(), dataclasses.replace(cfg, channels_last=True, grad_checkpointing=True), torch.device("cpu"))
+    assert fast.stem[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(stage.grad_checkpointing for stage in fast.stages)
+    g_plain = _grads(plain, x, targets)
+    g_fast = _grads(fast, x.contiguous(memory_format=torch.channels_last), targets)
+    assert g_plain.keys() == g_fast.keys()
+    for name in g_plain:
+        torch.testing.assert_close(g_fast[name], g_plain[name], msg=name)
+
+
+def test_fused_adamw_makes_the_same_updates(cfg):
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    targets = torch.tensor([0, 2])
+    models, opts = [], []
+    for fused in (False, True):
+        model = _tiny().train()
+        opt = build_optimizer(model, dataclasses.replace(cfg, fused_optimizer=fused))
+        assert bool(opt.defaults.get("fused")) == fused
+        models.append(model)
+        opts.append(opt)
+    for _ in range(2):
+        for model, opt in zip(models, opts):
+            _grads(model, x, targets)
+            opt.step()
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)
+    assert not torch.equal(models[0].stem[0][0].weight, _tiny().stem[0][0].weight)  # it did train
+
+
+def test_bf16_autocast_runs_attention_in_bf16():
+    """Under CPU autocast the SECA path stays in bf16 (no silent fp32 fallback) and agrees with fp32
+    (few clusters, so bf16 rounding rarely moves a token to another cluster)."""
+    torch.manual_seed(0)
+    stage = SecStage(16, 64, 2, 2, 4, [0.0, 0.0], None, True).eval()
+    x = torch.randn(1, 16, 32, 32)
+    seen = []
+    hook = stage.blocks[0].attn.proj.register_forward_hook(lambda m, i, o: seen.append(i[0].dtype))
+    with torch.no_grad():
+        ref = stage(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = stage(x)
+    hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert F.cosine_similarity(low.float().flatten(), ref.flatten(), dim=0) > 0.999
+
+
+def test_appendix_e_transcription_matches_fast_path():
+    shape = seca_shapes("secvit_small", 64)[1]  # 8x8 tokens, 8 clusters
+    g = torch.Generator().manual_seed(0)
+    packed = torch.randn(2, shape.tokens, 3, shape.heads, shape.head_dim, generator=g, dtype=torch.float64)
+    unscaled = packed.clone()
+    unscaled[:, :, 1] /= shape.head_dim**-0.5
+    nchw = unscaled.permute(0, 2, 3, 4, 1).reshape(2, -1, shape.height, shape.width)
+    ours = seca_fast(packed, shape.clusters)
+    theirs = appendix_e_seca(nchw, shape.heads, shape.clusters).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_bench_seca_reports_every_stage_and_agreement():
+    result = bench_seca(batch=1, rounds=1, img_size=64)
+    assert [row["stage"] for row in result["shapes"]] == [1, 2, 3, 4]
+    for row in result["shapes"]:
+        assert max(row["max_abs_diff"].values()) < 1e-4
+        assert row["max_abs_grad_diff_fast_vs_reference"] < 1e-4
+        assert set(row["forward"]["ms"]) == {"appendix_e", "reference", "fast"}
+    assert set(result["geomean_speedup_vs_appendix_e"]) == {"forward", "forward_backward"}
+
+
+def test_timing_runs_candidates_interleaved_and_peak_memory_counts_allocations():
+    calls = []
+    samples = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert all(len(s) == 3 for s in samples.values())
+    big = peak_memory(lambda: torch.ones(4 * 2**20).sum(), "cpu")
+    assert 16 * 2**20 <= big < 32 * 2**20
+
+
+@pytest.mark.slow
+def test_whole_model_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) (eager backend) of the whole model, training with drop path and eval."""
+    model = create("secvit_tiny", drop_path_rate=0.1).train()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x = torch.randn(2, 3, 64, 64)
+    compiled(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
