@@ -1,4 +1,4 @@
-"""Cluster maps (paper figure 4) come from forward_intermediates plus attention pre-hooks."""
+"""Cluster maps (paper figure 4) come from forward_intermediates plus pre-hooks on the first blocks."""
 
 import pytest
 import timm
@@ -9,18 +9,16 @@ from secvit.visualize import cluster_maps
 
 
 def _by_hand(model, x, head):
-    """The clustering input rebuilt step by step: stem, each stage's downsample, CPE, norm1."""
-    maps, rope = [], None
+    """The clustering input rebuilt step by step: stem, each stage's tokens, the first block's assignment."""
+    maps = []
     x = model.stem(x)
     for i, stage in enumerate(model.stages):
-        x = stage.downsample(x)
-        rope = stage.rope(x.shape[-2], x.shape[-1])
+        x, tables = stage.tokens(x)
         if model.clusters[i] > 1:
-            block = stage.blocks[0]
-            y = block.norm1(x + block.cpe(x))
-            maps.append((i, model.clusters[i], block.attn.cluster_assignment(y, rope)[0, head]))
+            maps.append((i, model.clusters[i], stage.blocks[0].cluster_assignment(x, tables)[0, head]))
         for block in stage.blocks:
-            x = block(x, rope)
+            x = block(x, tables)
+        x = x.permute(0, 3, 1, 2)
     return maps
 
 
@@ -38,7 +36,7 @@ def test_cluster_maps_match_manual_computation(head):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert maps[0][2].shape == (18, 14) and set(maps[0][2].unique().tolist()) == set(range(32))
     for stage in model.stages:  # hooks are removed afterwards
-        assert not stage.blocks[0].attn._forward_pre_hooks
+        assert not stage.blocks[0]._forward_pre_hooks
 
 
 def test_cluster_maps_head_out_of_range():

@@ -336,7 +336,6 @@ class SECA(nn.Module):
         return labels.reshape(bsz, self.num_heads, height, width)
 
 
-# torch.fx: cluster sizes depend on the token count (Python control flow on shapes), so
-# symbolic tracing records each clustering step as one opaque call instead of tracing into it.
+# torch.fx: the reference path's cluster sizes depend on the token count (Python control flow on
+# shapes), so symbolic tracing records it as one opaque call instead of tracing into it.
 torch.fx.wrap("seca_reference")
-torch.fx.wrap("seca_batched")
