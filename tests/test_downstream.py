@@ -290,3 +290,25 @@ def test_bad_inputs_are_one_line_errors(project, tmp_path, repo_root):
     (broken / "data/smoke/ade20k/ADEChallengeData2016/images/training").mkdir(parents=True)
     segment = ["segment", "--profile", "smoke", "--model", "secvit_tiny", "--head", "upernet"]
     assert "annotations/training/ is missing" in one_line_error(secvit(broken, *segment))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["sec_swin_tiny", "sec_fastervit_0", "stvit_small", "pacavit_tiny"])
+def test_every_family_is_a_detection_backbone(model):
+    """One model of each family runs a Mask R-CNN forward through the same adapter, no per-model code."""
+    from mmdet.structures import DetDataSample
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+
+    cfg = Config.fromfile(str(CONFIGS / "mmdet/mask_rcnn/mask-rcnn_secvit-tiny_fpn_1x_coco.py"))
+    swap_backbone(cfg, model)
+    init_default_scope("mmdet")
+    detector = MODELS.build(cfg.model).eval()
+    shape = (96, 128)
+    meta = dict(img_shape=shape, ori_shape=shape, pad_shape=shape, batch_input_shape=shape, scale_factor=(1.0, 1.0))
+    with torch.no_grad():
+        feats = detector.extract_feat(torch.randn(1, 3, *shape))
+        out = detector(torch.randn(1, 3, *shape), [DetDataSample(metainfo=meta)], mode="tensor")
+    assert [f.shape[-2:] for f in feats][:4] == [(24, 32), (12, 16), (6, 8), (3, 4)]
+    tensors = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    assert len(tensors) >= 3 and all(t.numel() and torch.isfinite(t).all() for t in tensors)  # cls, box, mask heads

@@ -30,6 +30,7 @@ from typing import Any
 
 from secvit.errors import SecvitError
 from secvit.models.variants import VARIANTS
+from secvit.models.registry import available_models
 from secvit.runs import DETECTION, PRETRAIN, SEGMENTATION, downstream_key, run_key, task_results
 
 __all__ = [
@@ -40,8 +41,8 @@ __all__ = [
     "run_key",
 ]
 
-#: Backbones this project implements (the ``ours`` keys that can have measurements): the model variants.
-IMPLEMENTED_MODELS: tuple[str, ...] = tuple(VARIANTS)
+#: Backbones this project implements (the ``ours`` keys that can have measurements): every registered model of ours.
+IMPLEMENTED_MODELS: tuple[str, ...] = tuple(available_models())
 #: Released cluster setting of each backbone; its run is the plain model run (see :func:`secvit.runs.run_key`).
 DEFAULT_CLUSTERS: dict[str, tuple[int, ...]] = {name: variant.clusters for name, variant in VARIANTS.items()}
 #: Metric keys read from detection / segmentation metrics files.
