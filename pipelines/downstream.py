@@ -118,11 +118,13 @@ def _test_ms_flip(cfg: Any) -> dict[str, float]:
     """Multi-scale + flip test of the trained model (mmseg's TTA pipeline of the config)."""
     from mmengine.runner import Runner
 
+    from secvit.downstream.run import latest_checkpoint
+
     tta = cfg.copy()
     tta.test_dataloader.dataset.pipeline = tta.tta_pipeline
     tta.tta_model.module = tta.model
     tta.model = tta.tta_model
-    tta.load_from = Path(cfg.work_dir, "last_checkpoint").read_text().strip()
+    tta.load_from = latest_checkpoint(cfg.work_dir)
     tta.resume = False
     tta.work_dir = str(Path(cfg.work_dir) / "ms_flip")
     return dict(Runner.from_cfg(tta).test())

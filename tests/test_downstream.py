@@ -24,7 +24,7 @@ from secvit.tables.paper import load_paper_tables
 
 mmengine = pytest.importorskip("mmengine")
 from secvit.downstream.backbone import SecvitBackbone  # noqa: E402
-from secvit.downstream.run import prepare_config, scale_image_sizes, swap_backbone  # noqa: E402
+from secvit.downstream.run import latest_checkpoint, prepare_config, scale_image_sizes, swap_backbone  # noqa: E402
 
 ALL_CONFIGS = sorted(CONFIGS.glob("mm*/*/*.py"))
 
@@ -251,7 +251,7 @@ def test_segmentation_resumes_after_a_kill(project):
     metrics = json.loads((project / "results/smoke/segmentation/secvit_tiny-semantic_fpn/metrics.json").read_text())
     assert 0 <= metrics["miou"] <= 100 and 0 <= metrics["aacc"] <= 100
     assert metrics["flops_input"] == "512x512" and metrics["gflops"] < metrics["gflops_all_ops"]
-    assert (work / Path((work / "last_checkpoint").read_text().strip()).name).name == "iter_6.pth"
+    assert latest_checkpoint(work) == str(work / "iter_6.pth")
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from torch import nn
 from secvit.errors import SecvitError
 
 __all__ = [
-    "Schedule", "prepare_config", "swap_backbone", "run", "model_complexity", "curve_rows",
+    "Schedule", "prepare_config", "swap_backbone", "latest_checkpoint", "run", "model_complexity", "curve_rows",
     "detection_summary", "segmentation_summary",
 ]
 
@@ -164,7 +164,8 @@ def prepare_config(
         raise SecvitError(f"config {path} does not exist")
     cfg = Config.fromfile(str(path))
     cfg.work_dir = str(work_dir)
-    cfg.resume = True  # continue from the work dir's last checkpoint, if any
+    cfg.resume = True  # continue from the work dir's latest checkpoint, if any
+    cfg.load_from = latest_checkpoint(work_dir)
     if model is not None:
         swap_backbone(cfg, model)
     cfg.model.backbone.pretrained = None if pretrained is None else str(pretrained)
@@ -177,6 +178,20 @@ def prepare_config(
         cfg.env_cfg.dist_cfg = dict(backend="gloo")
     cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="RichProgressHook")]
     return cfg
+
+
+def latest_checkpoint(work_dir: str | Path) -> str | None:
+    """The work dir's checkpoint of the furthest epoch or iteration (``epoch_N.pth`` / ``iter_N.pth``).
+
+    Checkpoints are renamed into place whole, so any of them is complete; mmengine's own pointer file
+    (``last_checkpoint``) is written after the checkpoint and would miss one a kill fell between.
+    """
+    found = []
+    for path in Path(work_dir).glob("*.pth"):
+        kind, _, number = path.stem.partition("_")
+        if kind in ("epoch", "iter") and number.isdigit():
+            found.append((int(number), str(path)))
+    return max(found)[1] if found else None
 
 
 def run(cfg: Any) -> dict[str, float]:
