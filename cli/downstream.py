@@ -33,7 +33,7 @@ def detect(
     box/mask AP, params and FLOPs to results/<profile>/detection/<...>/metrics.json.
     """
     from pipelines.downstream import detect_stage
-    from secvit.slurm import run_on_slurm, use_slurm
+    from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         options = {"profile": profile, "model": model, "detector": detector, "schedule": schedule, "weights": weights, "params": params}
@@ -56,7 +56,7 @@ def segment(
     mIoU, params and FLOPs to results/<profile>/segmentation/<model>-<head>/metrics.json.
     """
     from pipelines.downstream import segment_stage
-    from secvit.slurm import run_on_slurm, use_slurm
+    from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         options = {"profile": profile, "model": model, "head": head, "weights": weights, "params": params}

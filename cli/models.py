@@ -24,7 +24,7 @@ def complexity(
 ) -> None:
     """Parameters and FLOPs (fvcore) at 1x3xSxS of MODEL, or (--profile) the complexity stage."""
     from secvit.complexity import measure
-    from secvit.slurm import run_on_slurm, use_slurm
+    from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         if profile is None:

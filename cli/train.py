@@ -28,7 +28,7 @@ def pretrain(
     metrics and curves go to results/<profile>/pretrain/<run>/.
     """
     from pipelines.pretrain import pretrain_stage
-    from secvit.slurm import run_on_slurm, use_slurm
+    from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         run_on_slurm("pretrain", {"profile": profile, "model": model, "clusters": clusters, "params": params}, profile, params)
@@ -57,7 +57,7 @@ def evaluate(
     (last.pth, released files) is evaluated with both.
     """
     from pipelines.evaluate import evaluate_stage
-    from secvit.slurm import run_on_slurm, use_slurm
+    from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         options = {"profile": profile, "model": model, "checkpoint": checkpoint, "data": data, "out": out, "params": params}

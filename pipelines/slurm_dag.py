@@ -41,7 +41,7 @@ from pipelines.repro import targets as profile_targets
 from secvit.atomic import write_json
 from secvit.errors import SecvitError
 from secvit.params import check_profile
-from secvit.slurm import (
+from pipelines.slurm import (
     ACTIVE,
     SlurmConfig,
     Tracked,

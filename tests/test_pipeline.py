@@ -68,6 +68,20 @@ def test_repro_all_fills_detection_and_segmentation(smoke_repo):
     assert f"47.2 / {fpn['miou']:.2f}" in tables
 
 
+def test_a_code_change_reruns_the_stages_that_run_it(smoke_repo):
+    repo, _ = smoke_repo
+    loaders = repo / "secvit/engine/loaders.py"
+    original = loaders.read_text()
+    try:
+        loaders.write_text(original + "\n# changed\n")
+        status = run(repo, "dvc", "status").stdout
+    finally:
+        loaders.write_text(original)
+    changed = {line.rstrip(":") for line in status.splitlines() if line and not line[0].isspace()}
+    assert {"pretrain@smoke-secvit_tiny", "evaluate@smoke-secvit_tiny"} <= changed, status
+    assert not any(s.startswith(("detect@", "segment@", "complexity@")) for s in changed), status
+
+
 def test_second_run_does_nothing(smoke_repo):
     repo, _ = smoke_repo
     before = {p: p.stat().st_mtime_ns for p in (repo / "results/smoke").rglob("*") if p.is_file()}

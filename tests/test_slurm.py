@@ -132,7 +132,7 @@ def test_requeued_job_resumes_to_identical_result(scratch):
     shutil.copytree(ref / "data", req / "data")
     shutil.copytree(ref / "results", req / "results")
 
-    from secvit.slurm import job_state, load_slurm_config, log_tail, stage_argv, submit
+    from pipelines.slurm import job_state, load_slurm_config, log_tail, stage_argv, submit
 
     argv = stage_argv("pretrain", {"profile": "smoke", "model": "secvit_tiny"})
     reference = submit(argv, ref, load_slurm_config(ref / "params.yaml"), "reference", "pretrain", ref / "runs/slurm/smoke/%j")
@@ -169,7 +169,7 @@ def test_requeued_job_resumes_to_identical_result(scratch):
 def test_usr2_before_time_limit_checkpoints_and_requeues(tmp_path):
     """The time-limit path: USR2 reaches submitit (not the stage), which calls StageJob.checkpoint,
     requeues the job, and the requeued job runs the stage command again."""
-    from secvit.slurm import cancel, job_state, load_slurm_config, log_tail, submit
+    from pipelines.slurm import cancel, job_state, load_slurm_config, log_tail, submit
 
     stage = "import pathlib, time; p = pathlib.Path('starts'); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); time.sleep(10)"
     job = submit([sys.executable, "-c", stage], tmp_path, load_slurm_config(ROOT / "params.yaml"), "usr2", "data", tmp_path / "jobs/%j")
@@ -293,7 +293,7 @@ def test_dag_failure_cancels_dependents_and_commits_the_rest(scratch):
 
 def test_slurm_settings_and_executor(tmp_path):
     from secvit.errors import SecvitError
-    from secvit.slurm import load_slurm_config, make_executor, stage_kind
+    from pipelines.slurm import load_slurm_config, make_executor, stage_kind
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     path = tmp_path / "params.yaml"
