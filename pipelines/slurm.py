@@ -222,12 +222,6 @@ def map_state(raw: str | None) -> str:
     return name if name in STATES else _STATE_MAP.get(name, "UNKNOWN")
 
 
-def job_state(job_id: str) -> str:
-    """PENDING/RUNNING/COMPLETED/FAILED/CANCELLED/TIMEOUT/PREEMPTED/REQUEUED or UNKNOWN."""
-    info = job_info(job_id)
-    return map_state(info.get("JobState") if info else _squeue_state(job_id))
-
-
 def job_for(folder: str | Path, job_id: str):
     """The submitit job ``job_id`` whose files are in ``folder`` (may contain ``%j``)."""
     import submitit
@@ -235,7 +229,7 @@ def job_for(folder: str | Path, job_id: str):
     return submitit.SlurmJob(folder=str(folder), job_id=str(job_id))
 
 
-def result_state(job) -> str:
+def _result_state(job) -> str:
     """COMPLETED/FAILED from the job's result pickle, UNKNOWN if it has none."""
     path = Path(job.paths.result_pickle)
     if not path.exists():
@@ -248,10 +242,16 @@ def result_state(job) -> str:
     return "COMPLETED" if outcome == "success" else "FAILED"
 
 
-def current_state(job) -> str:
-    """State from SLURM, or from the result pickle once SLURM has forgotten the job."""
-    state = job_state(job.job_id)
-    return result_state(job) if state == "UNKNOWN" else state
+def job_state(job, info: dict[str, str] | None = None) -> str:
+    """The state of a job (a submitit job, or a bare job id) as one of :data:`STATES`: from
+    ``scontrol`` (``info``, when already read) or ``squeue`` while SLURM knows the job, then from
+    the submitit job's result pickle once SLURM has forgotten it; UNKNOWN if neither tells."""
+    job_id = str(getattr(job, "job_id", job))
+    info = job_info(job_id) if info is None else info
+    state = map_state(info.get("JobState") if info else _squeue_state(job_id))
+    if state == "UNKNOWN" and hasattr(job, "paths"):
+        state = _result_state(job)
+    return state
 
 
 def log_tail(job, n: int = 30) -> str:
@@ -294,9 +294,7 @@ class Tracked:
     def refresh(self) -> str:
         """Read the state (and run time, restarts) from SLURM, or the result once SLURM forgot the job."""
         info = job_info(self.job.job_id)
-        self.state = map_state(info.get("JobState") if info else _squeue_state(self.job.job_id))
-        if self.state == "UNKNOWN":
-            self.state = result_state(self.job)
+        self.state = job_state(self.job, info)
         self.elapsed = info.get("RunTime", self.elapsed) if info else self.elapsed
         self.restarts = int(info.get("Restarts") or 0) if info else self.restarts
         return self.state

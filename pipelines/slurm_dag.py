@@ -47,8 +47,8 @@ from pipelines.slurm import (
     Tracked,
     cancel,
     console,
-    current_state,
     job_for,
+    job_state,
     load_slurm_config,
     log_tail,
     require_slurm,
@@ -179,7 +179,7 @@ def _reattach(plan: StalePlan, jobs: JobsFile, folder: Path, fresh: set[str]) ->
     if not rec or rec.get("committed"):
         return None
     job = job_for(folder, rec["job_id"])
-    state = current_state(job)
+    state = job_state(job)
     if rec.get("cmd") == plan.cmd and not fresh & set(plan.upstream) and state in ACTIVE | {"COMPLETED"}:
         return Tracked(plan.name, job, state=state, note="re-attached")
     if state in ACTIVE:
