@@ -312,6 +312,8 @@ def test_slurm_settings_and_executor(tmp_path):
     assert p["additional_parameters"]["dependency"] == "afterok:7:9"
     data = make_executor(cfg, "data-smoke@coco", stage_kind("data-smoke@coco"), tmp_path / "%j")._executor.parameters
     assert data["mem"] == "1GB" and data["ntasks_per_node"] == 1 and "gpus_per_node" not in data
+    cpu_ddp = make_executor(load(stages={"pretrain": {"tasks_per_node": 2}}), "p", "pretrain", tmp_path / "%j")._executor.parameters
+    assert cpu_ddp["ntasks_per_node"] == 2 and "gpus_per_node" not in cpu_ddp  # several tasks on a CPU-only node
     assert [stage_kind(s) for s in ("sweep@smoke-64-8-2-1", "evaluate@paper-secvit_base", "tables@smoke")] == ["pretrain", "evaluate", "tables"]
 
     for changes, message in [
@@ -320,6 +322,7 @@ def test_slurm_settings_and_executor(tmp_path):
         ({"stages": {"pretrian": {}}}, "unknown stage kind 'slurm.stages.pretrian'"),
         ({"stages": {"pretrain": {"gpu_per_node": 8}}}, "unknown setting 'slurm.stages.pretrain.gpu_per_node'"),
         ({"cpus_per_task": 0}, "setting 'slurm.cpus_per_task' must be at least 1"),
+        ({"tasks_per_node": 0}, "setting 'slurm.tasks_per_node' must be at least 1 or null"),
     ]:
         with pytest.raises(SecvitError, match=re.escape(message)):
             load(**changes)
