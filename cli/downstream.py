@@ -25,7 +25,7 @@ def detect(
     profile: ProfileOpt = "smoke",
     params: ParamsOpt = Path("params.yaml"),
     weights: WeightsOpt = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
 ) -> None:
     """Train and evaluate a COCO detector with a SecViT backbone (paper tables 3 and 4).
 
@@ -33,13 +33,14 @@ def detect(
     box/mask AP, params and FLOPs to results/<profile>/detection/<...>/metrics.json.
     """
     from pipelines.downstream import detect_stage
+    from pipelines.launch import per_device
     from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         options = {"profile": profile, "model": model, "detector": detector, "schedule": schedule, "weights": weights, "params": params}
         run_on_slurm("detect", options, profile, params)
         return
-    print(json.dumps(detect_stage(profile, model, detector, schedule, params, weights), indent=2, sort_keys=True))
+    print(json.dumps(per_device(detect_stage, profile, model, detector, schedule, params, weights), indent=2, sort_keys=True))
 
 
 def segment(
@@ -48,7 +49,7 @@ def segment(
     profile: ProfileOpt = "smoke",
     params: ParamsOpt = Path("params.yaml"),
     weights: WeightsOpt = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
 ) -> None:
     """Train and evaluate an ADE20K segmentor with a SecViT backbone (paper table 5).
 
@@ -56,13 +57,14 @@ def segment(
     mIoU, params and FLOPs to results/<profile>/segmentation/<model>-<head>/metrics.json.
     """
     from pipelines.downstream import segment_stage
+    from pipelines.launch import per_device
     from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         options = {"profile": profile, "model": model, "head": head, "weights": weights, "params": params}
         run_on_slurm("segment", options, profile, params)
         return
-    print(json.dumps(segment_stage(profile, model, head, params, weights), indent=2, sort_keys=True))
+    print(json.dumps(per_device(segment_stage, profile, model, head, params, weights), indent=2, sort_keys=True))
 
 
 def register(app: typer.Typer) -> None:

@@ -20,13 +20,13 @@ def complexity(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     profile: Annotated[str | None, typer.Option(help="Stage mode: measure every model of this profile.")] = None,
     params: ParamsOpt = Path("params.yaml"),
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
 ) -> None:
     """Parameters and FLOPs (fvcore) at 1x3xSxS of MODEL, or (--profile) the complexity stage."""
     from secvit.complexity import measure
     from pipelines.slurm import run_on_slurm, use_slurm
 
-    if use_slurm(executor):
+    if use_slurm(executor) and (profile is not None or executor is not None):  # $SECVIT_EXECUTOR: stages only
         if profile is None:
             raise SecvitError("--executor slurm runs the complexity stage only; add --profile smoke|paper")
         run_on_slurm("complexity", {"profile": profile, "params": params}, profile, params)

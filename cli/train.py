@@ -11,7 +11,12 @@ import typer
 from cli.common import ParamsOpt, ProfileOpt, console, user_errors
 
 ExecutorOpt = Annotated[
-    str, typer.Option(help="local: run here; slurm: run as a SLURM job (slurm section of params.yaml) and wait for it.")
+    str | None,
+    typer.Option(
+        help="local: run here (one DDP process per visible GPU); slurm: run as a SLURM job (slurm section of "
+        "params.yaml) and wait for it. Default: $SECVIT_EXECUTOR, else local.",
+        show_default=False,
+    ),
 ]
 
 
@@ -20,20 +25,21 @@ def pretrain(
     profile: ProfileOpt = "smoke",
     params: ParamsOpt = Path("params.yaml"),
     clusters: Annotated[str | None, typer.Option(help="Clusters per stage, e.g. 64-16-4-1 (table 7 sweep).")] = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
 ) -> None:
     """Train a backbone on ImageNet-1K with the paper's recipe (<profile>.pretrain).
 
     Checkpoints go to runs/<profile>/pretrain/<run>/ and training resumes from last.pth there;
     metrics and curves go to results/<profile>/pretrain/<run>/.
     """
+    from pipelines.launch import per_device
     from pipelines.pretrain import pretrain_stage
     from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         run_on_slurm("pretrain", {"profile": profile, "model": model, "clusters": clusters, "params": params}, profile, params)
         return
-    metrics = pretrain_stage(profile, model, params, clusters)
+    metrics = per_device(pretrain_stage, profile, model, params, clusters)
     console.print(f"best top-1 {metrics['best_top1']:.2f} ({metrics['best_weights']} weights, epoch {metrics['best_epoch']})")
 
 
@@ -47,7 +53,7 @@ def evaluate(
     params: ParamsOpt = Path("params.yaml"),
     data: Annotated[Path | None, typer.Option(help="ImageNet root (default: <profile>.data.imagenet).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here too.")] = None,
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
 ) -> None:
     """Top-1/top-5 of a checkpoint on the validation split.
 
@@ -57,6 +63,7 @@ def evaluate(
     (last.pth, released files) is evaluated with both.
     """
     from pipelines.evaluate import evaluate_stage
+    from pipelines.launch import per_device
     from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
@@ -64,7 +71,7 @@ def evaluate(
         run_on_slurm("evaluate", options, profile, params)
         return
 
-    result = evaluate_stage(profile, model, params, checkpoint, data, out)
+    result = per_device(evaluate_stage, profile, model, params, checkpoint, data, out)
     print(json.dumps(result, indent=2, sort_keys=True))
 
 

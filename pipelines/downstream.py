@@ -79,7 +79,7 @@ def _run(
     task: str, profile: str, model: str, setting: tuple[str, ...], pattern: str, params: Path, weights: Path | None,
     data_root: Path, classes: list[str] | None, summary,
 ) -> dict[str, Any]:
-    from mmengine.dist import get_rank
+    from mmengine.dist import get_rank, get_world_size
 
     from secvit.atomic import write_json
     from secvit.downstream.run import curve_rows, model_complexity, prepare_config, run
@@ -105,6 +105,7 @@ def _run(
         "config": str(config.relative_to(CONFIGS.parent.parent)),
         "backbone": model,
         "backbone_swapped_in": swapped,
+        "world_size": get_world_size(),
         **{f"{k}_ms_flip": v for k, v in ms_flip.items()},
         "raw": {k: v for k, v in raw.items() if isinstance(v, (int, float))},
     }

@@ -45,6 +45,7 @@ _STATE_MAP = {
     "NODE_FAIL": "FAILED", "BOOT_FAIL": "FAILED", "OUT_OF_MEMORY": "FAILED", "DEADLINE": "TIMEOUT",
     "REVOKED": "CANCELLED",
 }
+EXECUTOR_VAR = "SECVIT_EXECUTOR"  # the executor of stage commands run without --executor (local or slurm)
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -57,6 +58,7 @@ class SlurmConfig:
     qos: str | None
     nodes: int
     gpus_per_node: int
+    tasks_per_node: int | None  # None: one task (DDP process) per GPU, one task if no GPUs
     cpus_per_task: int
     mem_gb: float
     timeout_min: int
@@ -71,6 +73,8 @@ class SlurmConfig:
         for name, low in minimum.items():
             if getattr(self, name) < low:
                 raise SecvitError(f"setting '{where}.{name}' must be at least {low:g}, got {getattr(self, name)}")
+        if self.tasks_per_node is not None and self.tasks_per_node < 1:
+            raise SecvitError(f"setting '{where}.tasks_per_node' must be at least 1 or null, got {self.tasks_per_node}")
         unknown = sorted(set(self.stages) - set(KINDS))
         if unknown:
             raise SecvitError(f"unknown stage kind '{where}.stages.{unknown[0]}'; valid kinds: {', '.join(KINDS)}")
@@ -88,9 +92,10 @@ class SlurmConfig:
         merged = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | override | {"stages": {}}
         return from_section(SlurmConfig, merged, f"slurm.stages.{kind}")
 
-    def tasks_per_node(self) -> int:
-        """One task per GPU; one task on CPU-only jobs."""
-        return self.gpus_per_node or 1
+    def ntasks_per_node(self) -> int:
+        """``tasks_per_node`` if set, else one task per GPU, one task on CPU-only jobs. Several tasks
+        make one DDP run (gloo on CPU); one task with several GPUs launches a process per GPU itself."""
+        return self.tasks_per_node or self.gpus_per_node or 1
 
 
 def load_slurm_config(params: str | Path = "params.yaml") -> SlurmConfig:
@@ -128,7 +133,7 @@ def make_executor(cfg: SlurmConfig, name: str, kind: str, folder: str | Path | N
     params: dict[str, Any] = {
         "name": name,
         "nodes": res.nodes,
-        "tasks_per_node": res.tasks_per_node(),
+        "tasks_per_node": res.ntasks_per_node(),
         "cpus_per_task": res.cpus_per_task,
         "mem_gb": res.mem_gb,
         "timeout_min": res.timeout_min,
@@ -183,6 +188,7 @@ class StageJob:
             for name in DIST_VARS:
                 os.environ.pop(name, None)
         env = dict(os.environ)
+        env[EXECUTOR_VAR] = "local"  # the stage runs here, in this job: never as a job of its own
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
         if "SLURM_CPUS_PER_TASK" in env:
@@ -342,11 +348,19 @@ def watch(rows: list[Tracked], title: str, step: Callable[[list[Tracked]], bool]
 # ---- one stage command through SLURM (`secvit pretrain ... --executor slurm`)
 
 
-def use_slurm(executor: str) -> bool:
-    """True for ``--executor slurm``, False for ``local``; anything else is an error."""
+def executor_choice(executor: str | None) -> str:
+    """``--executor`` if given, else ``$SECVIT_EXECUTOR``, else local; checked."""
+    where = "--executor"
+    if executor is None:
+        executor, where = os.environ.get(EXECUTOR_VAR) or "local", EXECUTOR_VAR
     if executor not in ("local", "slurm"):
-        raise SecvitError(f"unknown executor {executor!r}; choose local or slurm")
-    return executor == "slurm"
+        raise SecvitError(f"unknown executor {executor!r} ({where}); choose local or slurm")
+    return executor
+
+
+def use_slurm(executor: str | None) -> bool:
+    """True for ``--executor slurm`` (or, without the option, ``SECVIT_EXECUTOR=slurm``), False for local."""
+    return executor_choice(executor) == "slurm"
 
 
 def stage_argv(command: str, options: dict[str, Any]) -> list[str]:

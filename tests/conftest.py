@@ -62,9 +62,13 @@ def run(cwd: Path, *args: str, check: bool = True, timeout: float | None = None)
 
 def scratch_repo(repo_root: Path, dest: Path, untracked: bool = False, params: dict[str, Any] | None = None) -> Path:
     """A fresh git repository (one commit; DVC and DVCLive need one) holding the project's tracked files,
-    with ``untracked``: also the new files git does not ignore; ``params``: dotted keys changed in params.yaml."""
-    listing = ["git", "ls-files", "-z"] + (["--cached", "--others", "--exclude-standard"] if untracked else [])
-    for name in filter(None, run(repo_root, *listing).stdout.split("\0")):
+    with ``untracked``: also the new files git does not ignore, except pipeline results (results/ is not
+    ignored: experiments commit it); ``params``: dotted keys changed in params.yaml."""
+    names = run(repo_root, "git", "ls-files", "-z").stdout.split("\0")
+    if untracked:
+        new = run(repo_root, "git", "ls-files", "-z", "--others", "--exclude-standard").stdout.split("\0")
+        names += [n for n in new if not n.startswith("results/")]
+    for name in filter(None, names):
         if (repo_root / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo_root / name, dest / name)

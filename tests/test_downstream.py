@@ -255,6 +255,17 @@ def test_segmentation_resumes_after_a_kill(project):
 
 
 @pytest.mark.slow
+def test_segmentation_started_once_with_two_devices_trains_ddp(project):
+    """One `secvit segment` process with 2 stand-in devices: 2 DDP processes (gloo) through mmengine."""
+    env = {**os.environ, "SECVIT_CPU_DEVICES": "2", "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    result = secvit(project, "segment", "--profile", "smoke", "--model", "secvit_tiny", "--head", "upernet", env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((project / "results/smoke/segmentation/secvit_tiny-upernet/metrics.json").read_text())
+    assert metrics["world_size"] == 2 and 0 <= metrics["miou"] <= 100 and metrics["params"] > 1e7
+
+
+@pytest.mark.slow
 def test_detection_resumes_after_a_kill(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["smoke"]["detection"]["schedule"].update(length=2)

@@ -49,6 +49,17 @@ def test_smoke_profile_inherits_the_recipe(params):
     assert from_section(PretrainConfig, smoke, "smoke.pretrain").accumulation(1) == 2
 
 
+def test_a_checkpoint_of_another_recipe_is_not_resumed(params):
+    """A persisted last.pth of other settings (another DVC experiment) must not be continued."""
+    from secvit.engine.train import changed_settings
+
+    cfg = from_section(PretrainConfig, params["smoke"]["pretrain"], "smoke.pretrain")
+    saved = cfg.to_dict()
+    assert changed_settings(saved, cfg) == []
+    assert changed_settings({**saved, "workers": 8, "checkpoint_every_steps": 1}, cfg) == []  # compute the same
+    assert changed_settings({**saved, "lr_base": 1.0, "epochs": 3}, cfg) == ["epochs", "lr_base"]
+
+
 @pytest.mark.parametrize(
     "change,message",
     [

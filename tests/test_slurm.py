@@ -23,6 +23,8 @@ import yaml
 from conftest import ROOT, scratch_repo, tool_env
 from conftest import run as run_tool
 
+from secvit.data.synthetic import make_imagenet
+
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 
@@ -310,6 +312,8 @@ def test_slurm_settings_and_executor(tmp_path):
     assert p["additional_parameters"]["dependency"] == "afterok:7:9"
     data = make_executor(cfg, "data-smoke@coco", stage_kind("data-smoke@coco"), tmp_path / "%j")._executor.parameters
     assert data["mem"] == "1GB" and data["ntasks_per_node"] == 1 and "gpus_per_node" not in data
+    cpu_ddp = make_executor(load(stages={"pretrain": {"tasks_per_node": 2}}), "p", "pretrain", tmp_path / "%j")._executor.parameters
+    assert cpu_ddp["ntasks_per_node"] == 2 and "gpus_per_node" not in cpu_ddp  # several tasks on a CPU-only node
     assert [stage_kind(s) for s in ("sweep@smoke-64-8-2-1", "evaluate@paper-secvit_base", "tables@smoke")] == ["pretrain", "evaluate", "tables"]
 
     for changes, message in [
@@ -318,9 +322,60 @@ def test_slurm_settings_and_executor(tmp_path):
         ({"stages": {"pretrian": {}}}, "unknown stage kind 'slurm.stages.pretrian'"),
         ({"stages": {"pretrain": {"gpu_per_node": 8}}}, "unknown setting 'slurm.stages.pretrain.gpu_per_node'"),
         ({"cpus_per_task": 0}, "setting 'slurm.cpus_per_task' must be at least 1"),
+        ({"tasks_per_node": 0}, "setting 'slurm.tasks_per_node' must be at least 1 or null"),
     ]:
         with pytest.raises(SecvitError, match=re.escape(message)):
             load(**changes)
     del params["slurm"]["partition"]
     with pytest.raises(SecvitError, match="missing setting 'slurm.partition'"):
         load()
+
+
+# ---- e) `dvc repro` with SECVIT_EXECUTOR=slurm: the stage commands of dvc.yaml become jobs
+
+
+def test_dvc_repro_runs_gpu_stages_as_jobs_with_executor_variable(scratch):
+    repo = scratch(params={"smoke.pretrain.epochs": 1})
+    env = {**tool_env(), "SECVIT_EXECUTOR": "slurm"}
+    result = subprocess.run(["dvc", "repro", "pretrain@smoke-secvit_tiny"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert job_ids(repo) == [job := re.search(r"submitted SLURM job (\d+)", out).group(1)]  # data ran here, pretrain as one job
+    assert f"SLURM job {job} completed" in out and job_fields(job)["JobState"] == "COMPLETED"
+    log = (repo / f"runs/slurm/smoke/{job}/{job}_0_log.out").read_text()
+    assert "secvit pretrain --profile smoke --model secvit_tiny" in log and "Job completed successfully" in log
+    assert "submitted SLURM job" not in log  # inside the job the stage ran locally: no job of its own
+    assert metrics(repo)["epochs"] == 1 and metrics(repo)["world_size"] == 1
+    assert "up to date" in run(repo, "dvc", "status", "pretrain@smoke-secvit_tiny").stdout  # DVC recorded the job's outputs
+
+
+# ---- f) several tasks per job: one DDP run (gloo on CPU-only nodes), requeued and resumed
+
+
+def test_two_task_job_trains_ddp_with_the_global_batch_and_resumes_after_requeue(scratch):
+    if node_cpus() < 2:
+        pytest.skip("the node has fewer than 2 CPUs for 2 tasks")
+    params = {"smoke.pretrain.epochs": 1, "smoke.pretrain.checkpoint_every_steps": 2, "slurm.stages": {"pretrain": {"tasks_per_node": 2}}}
+    repo = scratch(params=params)
+    make_imagenet(repo / "data/smoke/imagenet", num_classes=4, train_per_class=48, val_per_class=8, size=48, seed=0)  # 6 steps of 2 x 16
+    cli = subprocess.Popen(
+        ["secvit", "pretrain", "--profile", "smoke", "--model", "secvit_tiny", "--executor", "slurm"],
+        cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        job = wait_for(lambda: job_ids(repo)[-1:], 60, "the CLI's job")[0]
+        wait_for(lambda: _mid_epoch(repo / "runs/smoke/pretrain/secvit_tiny/last.pth"), 240, "a mid-epoch checkpoint")
+        fields = job_fields(job)
+        assert fields["JobState"] == "RUNNING" and fields["NumTasks"] == "2", fields
+        run(repo, "scontrol", "requeue", job)
+        out, _ = cli.communicate(timeout=300)
+    finally:
+        cli.kill()
+    assert cli.returncode == 0, out[-3000:]
+    assert int(job_fields(job)["Restarts"]) == 1 and "requeued x1" in out
+    log = (repo / f"runs/slurm/smoke/{job}/{job}_0_log.err").read_text()
+    assert re.search(r"resuming secvit_tiny from\s", log), log[-2000:]
+    assert (repo / f"runs/slurm/smoke/{job}/{job}_1_log.out").is_file()  # task 1 ran too
+    found = metrics(repo)
+    assert found["world_size"] == 2 and found["accumulation"] == 1 and found["global_batch"] == 32
+    assert found["epochs"] == 1 and 0 <= found["best_top1"] <= 100

@@ -1,13 +1,14 @@
-"""mmengine hooks of the downstream stages."""
+"""mmengine hooks of the downstream stages, and their DDP wrapper for CPU processes."""
 
 from __future__ import annotations
 
 from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.registry import HOOKS, MODEL_WRAPPERS
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-__all__ = ["RichProgressHook"]
+__all__ = ["CpuDistributedDataParallel", "RichProgressHook"]
 
 
 @HOOKS.register_module()
@@ -61,3 +62,12 @@ class RichProgressHook(Hook):
             self.progress.stop()
             self.progress = None
             self.tasks = {}
+
+
+@MODEL_WRAPPERS.register_module()
+class CpuDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's DDP wrapper for CPU processes (gloo): the Runner passes ``device_ids`` of a GPU,
+    which a CPU module must not get, and SyncBN (GPU only) becomes BN, as on one process."""
+
+    def __init__(self, module, device_ids=None, **kwargs) -> None:
+        super().__init__(module=revert_sync_batchnorm(module), device_ids=None, **kwargs)

@@ -173,9 +173,14 @@ def prepare_config(
     if classes is not None:
         _set_classes(cfg, classes)
     _apply_schedule(cfg, schedule or Schedule())
-    cfg.launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cfg.launcher = "pytorch" if distributed else "none"
     if not torch.cuda.is_available():
         cfg.env_cfg.dist_cfg = dict(backend="gloo")
+        if distributed:  # mmengine's DDP wrapper passes GPU device ids; see run() for its init_dist
+            cfg.model_wrapper_cfg = dict(
+                type="CpuDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=cfg.get("find_unused_parameters", False)
+            )
     cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="RichProgressHook")]
     return cfg
 
@@ -202,6 +207,11 @@ def run(cfg: Any) -> dict[str, float]:
     import secvit.downstream.hooks  # noqa: F401
 
     _require_compiled_ops()
+    if cfg.launcher == "pytorch" and not torch.cuda.is_available():
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # mmengine's init_dist selects a GPU first; it skips a joined group
+            dist.init_process_group("gloo")
     runner = Runner.from_cfg(cfg)
     runner.train()
     return dict(runner.test())

@@ -178,16 +178,33 @@ def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: 
     return Training(model, model, ema, optimizer, scheduler, mixup, criterion)  # DDP wraps it after resume
 
 
-def resume(run: RunDir, training: Training, identity: dict[str, Any]) -> Position:
+# Recipe settings that do not change what is computed: a checkpoint written with other values resumes.
+RESUMABLE_CHANGES = frozenset({"workers", "checkpoint_every_steps"})
+
+
+def changed_settings(saved: dict[str, Any] | None, cfg: PretrainConfig) -> list[str]:
+    """The recipe settings (besides :data:`RESUMABLE_CHANGES`) in which ``saved`` differs from ``cfg``."""
+    current = cfg.to_dict()
+    saved = saved or {}
+    return sorted(k for k in current.keys() | saved.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+
+
+def resume(run: RunDir, training: Training, identity: dict[str, Any], cfg: PretrainConfig | None = None) -> Position:
     """Load ``last.pth`` into ``training`` and return its position; a fresh position without one.
 
-    ``identity`` (model name, classes, architecture overrides) must match the checkpoint's.
+    ``identity`` (model name, classes, architecture overrides) must match the checkpoint's. With
+    ``cfg``, a checkpoint of another recipe (e.g. a DVC experiment that changed the learning rate)
+    is not resumed: the run starts over and replaces it.
     """
     if not run.last.exists():
         return Position()
     state = load_file_checked(run.last, full=True)
     if {key: state.get(key) for key in identity} != identity:
         raise SecvitError(f"{run.last} belongs to another run ({state.get('model_name')}); remove {run.root} to start over")
+    changed = changed_settings(state.get("config"), cfg) if cfg is not None else []
+    if changed:
+        console.log(f"{run.last} was trained with other settings ({', '.join(changed)}): starting over")
+        return Position()
     training.model.load_state_dict(state["model"])
     if training.ema is not None:
         training.ema.module.load_state_dict(state["model_ema"])
@@ -339,8 +356,8 @@ def pretrain(
     identity = {"model_name": model_name, "num_classes": num_classes, "model_kwargs": model_kwargs}
 
     training = build_training(model_name, cfg, num_classes, env, model_kwargs)
-    resuming = run.last.exists()
-    position = resume(run, training, identity)
+    position = resume(run, training, identity, cfg)
+    resuming = position.epoch > 0 or position.batch > 0
     if resuming and env.is_main:
         console.log(f"resuming {model_name} from {run.last}: epoch {position.epoch + 1}, batch {position.batch}")
     if cfg.compile:

@@ -1,0 +1,80 @@
+"""One process, several devices: a stage started once launches one DDP process per device.
+
+``dvc repro`` (or any plain ``secvit pretrain ...``) inside an allocation with several GPUs
+starts each stage as one process; :func:`per_device` then runs the stage function in one
+process per visible GPU through torch's elastic launcher (what ``torchrun --standalone``
+does), so the stage trains with DDP on all of them. The stage's global batch is unchanged:
+the training code derives the gradient accumulation from the world size.
+
+A process that is already part of a distributed run (torchrun, a multi-task SLURM job: the
+``WORLD_SIZE`` variable is set) runs the function itself.
+
+Devices: the visible CUDA GPUs; without CUDA, ``SECVIT_CPU_DEVICES`` (default 1) CPU
+processes using gloo, a stand-in for GPUs in tests and on laptops.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from secvit.errors import SecvitError
+
+CPU_DEVICES_VAR = "SECVIT_CPU_DEVICES"
+T = TypeVar("T")
+
+
+def visible_devices() -> int:
+    """Visible CUDA GPUs, or (no CUDA) the ``SECVIT_CPU_DEVICES`` stand-in count (default 1)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    raw = os.environ.get(CPU_DEVICES_VAR, "1")
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise SecvitError(f"{CPU_DEVICES_VAR} must be a positive integer, got {raw!r}")
+    return count
+
+
+def in_distributed_run() -> bool:
+    """True inside a process that a launcher (torchrun, SLURM tasks) already placed in a process group."""
+    return "WORLD_SIZE" in os.environ
+
+
+def per_device(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` here, or in one DDP process per visible device; returns rank 0's result.
+
+    ``fn`` and ``args`` must be picklable (the processes are spawned).
+    """
+    devices = 1 if in_distributed_run() else visible_devices()
+    if devices == 1:
+        return fn(*args)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # torchrun's rule: one thread per process unless set; the launched processes inherit it
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // devices)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=devices,
+        run_id=f"secvit-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # standalone: a free port on this host
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
+    try:
+        results = elastic_launch(config, fn)(*args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        message = failure.message if isinstance(failure.message, str) else failure.message.get("message", "")
+        first = message.strip().splitlines()[0] if message and message.strip() else f"exit code {failure.exitcode}"
+        raise SecvitError(f"process {rank} of {devices} failed: {first}") from None
+    return results[0]
