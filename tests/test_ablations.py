@@ -174,6 +174,15 @@ def test_bad_ablations_are_one_line_errors(tmp_path, repo_root):
     assert "unknown ablation 'no_ffn'" in message and "no_lce" in message
     message = one_line_error(secvit(project, "pretrain", "--profile", "smoke", "--model", "stvit_small", "--ablation", "no_lce"))
     assert "SecViT family" in message
+    assert "SecViT family" in one_line_error(secvit(project, "complexity", "stvit_small", "--ablation", "no_lce"))
+
+
+def test_cli_complexity_of_an_ablation(tmp_path, repo_root):
+    """`secvit complexity --ablation` measures table 6's "w/o Conv Stem" row: 14M params, 2.1 GFLOPs (paper convention)."""
+    result = secvit(make_project(tmp_path, repo_root), "complexity", "secvit_tiny", "--ablation", "no_conv_stem", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout)
+    assert data["params"] == 14_086_696 and round(data["gflops_no_attn"], 1) == 2.1
 
 
 @pytest.fixture(scope="module")
