@@ -73,6 +73,7 @@ def cross_shaped_attention(qkv: Tensor, stripe: int) -> Tensor:
 
 
 torch.fx.wrap("cross_shaped_attention")
+torch.fx.wrap("rotate_packed")  # fx wraps per module: seca.py's wrap covers only its own calls
 
 
 class CSWSA(nn.Module):
