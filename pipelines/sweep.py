@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secvit.errors import SecvitError
-from secvit.models.variants import ABLATIONS, VARIANTS, ablation_options
+from secvit.models.variants import ABLATIONS, VARIANTS
 from secvit.params import from_section, load_params, section
 from secvit.runs import run_key
 
@@ -56,10 +56,6 @@ class AblationConfig:
         for name in self.variants:
             if name not in ABLATIONS:
                 raise SecvitError(f"'{where}.variants': unknown ablation {name!r}; choose from: {', '.join(ABLATIONS)}")
-
-    def options(self, name: str) -> dict[str, object]:
-        """Constructor options of ablation ``name`` (a one-line error if unknown)."""
-        return ablation_options(name)
 
 
 def ablation_config(params_path: str | Path) -> AblationConfig:
