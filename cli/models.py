@@ -17,6 +17,7 @@ from secvit.errors import SecvitError
 def complexity(
     model: Annotated[str | None, typer.Argument(help="Registered model name, e.g. secvit_small.")] = None,
     img_size: Annotated[int, typer.Option(help="Square input size.")] = 224,
+    ablation: Annotated[str | None, typer.Option(help="Table-6 ablation of a SecViT model, e.g. no_lce.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     profile: Annotated[str | None, typer.Option(help="Stage mode: measure every model of this profile.")] = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -38,11 +39,15 @@ def complexity(
         return
     if model is None:
         raise SecvitError("give a MODEL (e.g. secvit_small) or --profile smoke|paper")
-    result = measure(model, img_size)
+    from secvit.models.variants import VARIANTS, ablation_options
+
+    if ablation and model not in VARIANTS:
+        raise SecvitError(f"--ablation {ablation} is an option of the SecViT family, not of {model}")
+    result = measure(model, img_size, **(ablation_options(ablation) if ablation else {}))
     if json_out:
         print(json.dumps(result.to_dict()))
         return
-    table = Table(title=f"{model} at {img_size}x{img_size}")
+    table = Table(title=f"{model}{f' ({ablation})' if ablation else ''} at {img_size}x{img_size}")
     for col in ("params", "GFLOPs (all ops)", "GFLOPs (no attention matmuls, paper)"):
         table.add_column(col, justify="right")
     table.add_row(f"{result.params:,}", f"{result.gflops:.2f}", f"{result.gflops_no_attn:.2f}")

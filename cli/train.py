@@ -21,10 +21,16 @@ ExecutorOpt = Annotated[
 
 
 def pretrain(
-    model: Annotated[str | None, typer.Option(help="Backbone to train, e.g. secvit_tiny (default with --clusters: sweep.model).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Backbone to train, e.g. secvit_tiny (default: sweep.model with --clusters, ablations.model with --ablation)."),
+    ] = None,
     profile: ProfileOpt = "smoke",
     params: ParamsOpt = Path("params.yaml"),
     clusters: Annotated[str | None, typer.Option(help="Clusters per stage, e.g. 64-16-4-1 (table 7 sweep).")] = None,
+    ablation: Annotated[
+        str | None, typer.Option(help="Table-6 ablation, e.g. no_lce (default model with it: ablations.model).")
+    ] = None,
     executor: ExecutorOpt = None,
 ) -> None:
     """Train a backbone on ImageNet-1K with the paper's recipe (<profile>.pretrain).
@@ -37,9 +43,10 @@ def pretrain(
     from pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
-        run_on_slurm("pretrain", {"profile": profile, "model": model, "clusters": clusters, "params": params}, profile, params)
+        options = {"profile": profile, "model": model, "clusters": clusters, "ablation": ablation, "params": params}
+        run_on_slurm("pretrain", options, profile, params)
         return
-    metrics = per_device(pretrain_stage, profile, model, params, clusters)
+    metrics = per_device(pretrain_stage, profile, model, params, clusters, ablation)
     console.print(f"best top-1 {metrics['best_top1']:.2f} ({metrics['best_weights']} weights, epoch {metrics['best_epoch']})")
 
 

@@ -1,5 +1,5 @@
 """Stage: params, FLOPs (both conventions) and throughput of every model of a profile,
-including the cluster settings of the table-7 sweep."""
+including the cluster settings of the table-7 sweep and the table-6 ablations."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.settings import load
-from pipelines.sweep import sweep_config
-from secvit.models.variants import default_clusters
+from pipelines.sweep import ablation_config, sweep_config
+from secvit.models.variants import ablation_options, default_clusters
 from secvit.runs import results_root, run_key
 
 
@@ -34,21 +34,26 @@ def complexity_stage(profile: str, params: Path) -> Path:
 
     cfg = load(params, profile, "complexity", ComplexityConfig)
     sweep = sweep_config(params)
+    ablations = ablation_config(params)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    runs: list[tuple[str, tuple[int, ...] | None]] = [(m, None) for m in cfg.models]
-    runs += [(sweep.model, clusters) for clusters in sweep.parsed()]
+    runs: list[tuple[str, tuple[int, ...] | None, str | None]] = [(m, None, None) for m in cfg.models]
+    runs += [(sweep.model, clusters, None) for clusters in sweep.parsed()]
+    runs += [(ablations.model, None, name) for name in ablations.variants]
     rows: list[dict[str, Any]] = []
-    for model, clusters in runs:
+    for model, clusters, ablation in runs:
         kwargs = {"clusters": clusters} if clusters else {}
+        if ablation:
+            kwargs.update(ablation_options(ablation))
         result = measure(model, cfg.img_size, **kwargs)
         speed = None
-        if clusters is None and cfg.throughput_steps > 0:
+        if not kwargs and cfg.throughput_steps > 0:  # throughput of the registered models only
             speed = throughput(model, cfg.img_size, cfg.throughput_batch, cfg.throughput_steps, cfg.throughput_warmup, device=device)
         rows.append(
             {
-                "key": run_key(model, clusters),
+                "key": run_key(model, clusters, ablation),
                 "model": model,
+                "ablation": ablation,
                 "clusters": list(clusters or default_clusters(model) or []) or None,
                 "params": result.params,
                 "gflops": round(result.gflops, 4),

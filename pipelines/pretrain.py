@@ -6,28 +6,37 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.settings import data_config, load
-from pipelines.sweep import parse_clusters, sweep_config
+from pipelines.sweep import ablation_config, parse_clusters, sweep_config
 from secvit.errors import SecvitError
 from secvit.engine.config import PretrainConfig
+from secvit.models.variants import VARIANTS, ablation_options
 from secvit.runs import results_dir, run_dir, run_key
 
 __all__ = ["pretrain_stage", "results_dir", "run_dir"]  # the run paths live in secvit.runs
 
 
-def pretrain_stage(profile: str, model: str | None, params: Path, clusters: str | None = None) -> dict[str, Any]:
-    """Pretrain ``model`` (with ``clusters``: the sweep model at that cluster setting)."""
+def pretrain_stage(
+    profile: str, model: str | None, params: Path, clusters: str | None = None, ablation: str | None = None
+) -> dict[str, Any]:
+    """Pretrain ``model``; with ``clusters``: the sweep model at that cluster setting (table 7); with
+    ``ablation``: the ablation model with that table-6 ablation."""
     from secvit.engine.train import pretrain
     from secvit.models.registry import check_model
 
     if model is None:
-        if clusters is None:
-            raise SecvitError("give --model, or --clusters for a run of the table-7 sweep")
-        model = sweep_config(params).model
+        if clusters is None and ablation is None:
+            raise SecvitError("give --model, --clusters for a run of the table-7 sweep, or --ablation for a table-6 ablation")
+        model = ablation_config(params).model if ablation else sweep_config(params).model
     check_model(model)  # before the recipe (drop_path per model) and the dataset
-    cfg = load(params, profile, "pretrain", PretrainConfig)
+    options = ablation_options(ablation) if ablation else {}
+    if options and model not in VARIANTS:
+        raise SecvitError(f"--ablation {ablation} is an option of the SecViT family, not of {model}")
     data = data_config(params, profile)
     parsed = parse_clusters(clusters) if clusters else None
-    name = run_key(model, parsed)  # the model's own clusters: its plain run
+    name = run_key(model, parsed, ablation)  # the model's own clusters: its plain run
+    cfg = load(params, profile, "pretrain", PretrainConfig).for_run(name)
+    if run_key(model, parsed) != model:
+        options["clusters"] = parsed
     return pretrain(
         model,
         cfg,
@@ -35,5 +44,5 @@ def pretrain_stage(profile: str, model: str | None, params: Path, clusters: str 
         run_dir(profile, name),
         results_dir(profile, name),
         expected=data.expected_for("imagenet"),
-        model_kwargs={"clusters": parsed} if name != model else None,
+        model_kwargs=options or None,
     )

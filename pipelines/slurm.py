@@ -104,9 +104,9 @@ def load_slurm_config(params: str | Path = "params.yaml") -> SlurmConfig:
 
 
 def stage_kind(stage: str) -> str:
-    """Resource kind of a DVC stage name: ``data-smoke@coco`` -> data, ``sweep@...`` -> pretrain."""
+    """Resource kind of a DVC stage name: ``data-smoke@coco`` -> data, ``sweep@...`` and ``ablate@...`` -> pretrain."""
     base = stage.split("@", 1)[0].split("-", 1)[0]
-    return "pretrain" if base == "sweep" else base
+    return "pretrain" if base in ("sweep", "ablate") else base
 
 
 def require_slurm() -> None:
@@ -390,7 +390,7 @@ def run_on_slurm(command: str, options: dict[str, Any], profile: str, params: Pa
     """
     cfg = load_slurm_config(params)
     argv = stage_argv(command, options)
-    name = "-".join(["secvit", command, profile, *(str(options[k]) for k in ("model", "clusters") if options.get(k))])
+    name = "-".join(["secvit", command, profile, *(str(options[k]) for k in ("model", "clusters", "ablation") if options.get(k))])
     job = submit(argv, Path.cwd(), cfg, name, kind or command, Path(cfg.folder) / profile / "%j")
     console.print(f"submitted SLURM job {job.job_id}: {shlex.join(argv)}\nlogs: {job.paths.stdout} and .err")
     row = Tracked(command, job)

@@ -9,7 +9,7 @@ How it works:
   working directory, with ``--dependency=afterok:<ids>`` on the jobs of its stale upstream
   stages, so independent stages run in parallel. Resources: the ``slurm`` section of
   params.yaml, with ``slurm.stages.<kind>`` on top (kind = the stage name before ``@`` and
-  ``-``: data-smoke@coco -> data, sweep -> pretrain).
+  ``-``: data-smoke@coco -> data, sweep and ablate -> pretrain).
 - The jobs never run DVC (parallel ``dvc repro`` fails on the repo lock). This process
   holds no DVC lock while they run; as each job completes it records the stage with
   ``dvc commit -f --no-relink <stage>`` (serially, leaving the workspace files alone), so a

@@ -1,4 +1,5 @@
-"""The table-7 sweep over the number of clusters per stage (``<profile>.sweep``)."""
+"""The architecture studies of params.yaml, shared by both profiles: the table-7 sweep over the
+number of clusters per stage (``sweep``) and the table-6 ablations (``ablations``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secvit.errors import SecvitError
+from secvit.models.variants import ABLATIONS, VARIANTS
 from secvit.params import from_section, load_params, section
 from secvit.runs import run_key
 
@@ -41,3 +43,21 @@ def parse_clusters(text: str) -> tuple[int, ...]:
 def sweep_config(params_path: str | Path) -> SweepConfig:
     """The top-level ``sweep`` section, shared by both profiles."""
     return from_section(SweepConfig, section(load_params(params_path), "sweep"), "sweep")
+
+
+@dataclass
+class AblationConfig:
+    model: str  # a SecViT variant; the paper ablates secvit_tiny
+    variants: list[str]  # keys of secvit.models.variants.ABLATIONS
+
+    def validate(self, where: str) -> None:
+        if self.model not in VARIANTS:
+            raise SecvitError(f"'{where}.model': the ablations are options of the SecViT family; choose one of: {', '.join(VARIANTS)}")
+        for name in self.variants:
+            if name not in ABLATIONS:
+                raise SecvitError(f"'{where}.variants': unknown ablation {name!r}; choose from: {', '.join(ABLATIONS)}")
+
+
+def ablation_config(params_path: str | Path) -> AblationConfig:
+    """The top-level ``ablations`` section (table 6), shared by both profiles."""
+    return from_section(AblationConfig, section(load_params(params_path), "ablations"), "ablations")

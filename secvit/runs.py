@@ -8,7 +8,8 @@ Layout, relative to the project directory (``dvc.yaml`` spells the same paths ou
 
 ``<task>`` is ``pretrain`` for ImageNet pretraining, ``detection`` and ``segmentation`` for the
 dense tasks (run names from :func:`downstream_key`). ``<run>`` is :func:`run_key`: the model
-name, or for the table-7 sweep ``<model>-c<clusters joined by ->``. This module itself
+name, for the table-7 sweep ``<model>-c<clusters joined by ->``, for a table-6 ablation
+``<model>-<ablation>`` (``secvit_tiny-no_lce``). This module itself
 imports neither torch nor timm (importing the ``secvit`` package still does).
 """
 
@@ -33,19 +34,20 @@ LAST = "last.pth"
 BEST = "best.pth"
 
 
-def run_key(model: str, clusters: Sequence[int | None] | None = None) -> str:
-    """Name of the run (and complexity key) of ``model`` with per-stage ``clusters``.
+def run_key(model: str, clusters: Sequence[int | None] | None = None, ablation: str | None = None) -> str:
+    """Name of the run (and complexity key) of ``model`` with per-stage ``clusters`` and a table-6 ``ablation``.
 
     ``None`` as a stage's clusters means global attention, written 1. The model's own
     (released) cluster setting is the plain run: ``secvit_small``; any other setting is
-    ``secvit_small-c64-16-4-1``.
+    ``secvit_small-c64-16-4-1``. An ablation (a key of :data:`secvit.models.variants.ABLATIONS`)
+    appends its name: ``secvit_tiny-no_lce``.
     """
-    if clusters is None:
-        return model
-    normal = tuple(1 if c is None else int(c) for c in clusters)
-    if normal == default_clusters(model):
-        return model
-    return f"{model}-c" + "-".join(str(c) for c in normal)
+    key = model
+    if clusters is not None:
+        normal = tuple(1 if c is None else int(c) for c in clusters)
+        if normal != default_clusters(model):
+            key = f"{model}-c" + "-".join(str(c) for c in normal)
+    return key if ablation is None else f"{key}-{ablation}"
 
 
 def downstream_key(model: str, *setting: str) -> str:

@@ -1,7 +1,8 @@
 """timm's model contract, for every model this project registers.
 
 Parametrized over ``available_models()``, so families registered later are covered
-automatically. Inputs are small (64x64: strides 4..32 give 16, 8, 4, 2) and each
+automatically, and over the table-6 ablations of SecViT-T (``secvit_tiny+no_lce``: the model
+built with that ablation's options). Inputs are small (64x64: strides 4..32 give 16, 8, 4, 2) and each
 model is built once per session; tests that change a model work on a copy.
 """
 
@@ -17,16 +18,23 @@ from timm.models._features_fx import FeatureGraphNet, create_feature_extractor
 
 from secvit.errors import SecvitError
 from secvit.models import available_models
+from secvit.models.variants import ABLATIONS, ablation_options
 
-MODELS = available_models()
+MODELS = available_models() + [f"secvit_tiny+{ablation}" for ablation in ABLATIONS]
 SIZE = 64
+
+
+def _create(name: str, **kwargs) -> torch.nn.Module:
+    """``timm.create_model`` of a registered name, or of ``<model>+<ablation>`` with the ablation's options."""
+    model, _, ablation = name.partition("+")
+    return timm.create_model(model, **(ablation_options(ablation) if ablation else {}), **kwargs)
 
 
 @functools.cache
 def _pristine(name: str) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return timm.create_model(name).eval()
+        return _create(name).eval()
 
 
 @pytest.fixture(params=MODELS)
@@ -69,8 +77,8 @@ def test_forward_backward(model):
 def test_pretrained_cfg(model, name):
     cfg = model.pretrained_cfg
     assert model.default_cfg == cfg
-    assert cfg["architecture"] == name and cfg["tag"] == "in1k"
-    assert timm.models.get_pretrained_cfg(name).input_size == cfg["input_size"]
+    assert cfg["architecture"] == name.partition("+")[0] and cfg["tag"] == "in1k"
+    assert timm.models.get_pretrained_cfg(cfg["architecture"]).input_size == cfg["input_size"]
     channels, height, width = cfg["input_size"]
     assert channels == 3 and not cfg.get("fixed_input_size", False)
     stride = model.feature_info[-1]["reduction"]
@@ -140,7 +148,7 @@ def test_reset_classifier(model):
 
 @pytest.mark.slow
 def test_no_classifier_no_pool_from_create_model(name):
-    model = timm.create_model(name, num_classes=0, global_pool="").eval()
+    model = _create(name, num_classes=0, global_pool="").eval()
     with torch.no_grad():
         out = model(_x())
     side = _spatial(SIZE, 32)
@@ -216,7 +224,7 @@ def test_features_only(name):
     """Default wrapper (forward_intermediates getter) with out_indices; same maps as forward_intermediates."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        feats = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
+        feats = _create(name, features_only=True, out_indices=(1, 3)).eval()
     assert isinstance(feats, FeatureGetterNet)
     infos = _stage_infos(_pristine(name))
     assert feats.feature_info.channels() == [infos[1]["num_chs"], infos[3]["num_chs"]]
@@ -233,7 +241,7 @@ def test_features_only(name):
 
 
 def test_features_only_prunes_unused_stages(name):
-    feats = timm.create_model(name, features_only=True, out_indices=(0, 1))
+    feats = _create(name, features_only=True, out_indices=(0, 1))
     assert len(feats.model.stages) == 2 and isinstance(feats.model.head.fc, torch.nn.Identity)
 
 
@@ -283,7 +291,7 @@ def test_fx_feature_extractor(model):
 
 @pytest.mark.slow
 def test_features_only_fx_from_create_model(name):
-    feats = timm.create_model(name, features_only=True, feature_cls="fx", out_indices=(1, 2)).eval()
+    feats = _create(name, features_only=True, feature_cls="fx", out_indices=(1, 2)).eval()
     assert isinstance(feats, FeatureGraphNet)
     with torch.no_grad():
         out = feats(_x())

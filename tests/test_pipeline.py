@@ -7,12 +7,24 @@ import yaml
 from conftest import run, scratch_repo
 
 
+ABLATION = "no_lce"
+PEER = "pacavit_tiny"
+
+
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory, repo_root):
     """A scratch project after `secvit repro all` on a reduced smoke profile."""
     repo = scratch_repo(repo_root, tmp_path_factory.mktemp("dag"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sweep"]["clusters"] = params["sweep"]["clusters"][:1]
+    params["ablations"]["variants"] = [ABLATION]
+    # SecViT-T and one peer family end to end (pretraining, evaluation, semantic FPN); the repository's smoke
+    # profile runs one model of each family the same way
+    keep = {"secvit_tiny", PEER}
+    params["runs"] = {k: r for k, r in params["runs"].items() if r["profile"] == "paper" or r["model"] in keep}
+    params["segmentation_runs"] = {
+        k: r for k, r in params["segmentation_runs"].items() if r["profile"] == "paper" or r["model"] in keep
+    }
     params["smoke"]["complexity"]["models"] = ["secvit_tiny"]
     params["smoke"]["complexity"]["throughput_steps"] = 1
     params["smoke"]["data"]["generate"]["imagenet"]["train_per_class"] = 32
@@ -51,7 +63,7 @@ def test_repro_all_fills_detection_and_segmentation(smoke_repo):
         ("segmentation", params["segmentation_runs"], ("miou", "macc", "aacc")),
     ):
         smoke = [k.removeprefix("smoke-") for k, r in runs.items() if r["profile"] == "smoke"]
-        assert len(smoke) == (4 if task == "detection" else 2)
+        assert len(smoke) == (4 if task == "detection" else 3)
         for key in smoke:
             metrics = json.loads((repo / f"results/smoke/{task}/{key}/metrics.json").read_text())
             for name in keys + ("ap_m", "ap50_m", "ap75_m") * ("rcnn" in key):
@@ -66,6 +78,34 @@ def test_repro_all_fills_detection_and_segmentation(smoke_repo):
     assert f"47.7 / {mask_1x['ap_b']:.2f}" in tables  # the paper's SecViT-T row of table 4 holds our figure
     fpn = json.loads((repo / "results/smoke/segmentation/secvit_tiny-semantic_fpn/metrics.json").read_text())
     assert f"47.2 / {fpn['miou']:.2f}" in tables
+    peer = json.loads((repo / f"results/smoke/segmentation/{PEER}-semantic_fpn/metrics.json").read_text())
+    cells = _cells(tables, f"`{PEER}` (ours, not in the paper)", "mIoU")
+    assert cells[:3] == [f"– / {peer['params_m']:.2f}", f"– / {peer['gflops']:.2f}", f"– / {peer['miou']:.2f}"]
+
+
+def _cells(tables: str, model: str, after: str = "") -> list[str]:
+    """The cells after the model cell of the first table row for ``model`` below the first line holding ``after``."""
+    lines = tables.splitlines()
+    start = next(i for i, line in enumerate(lines) if after in line)
+    row = next(line for line in lines[start:] if line.startswith(f"| {model} "))
+    return [c.strip() for c in row.strip("|").split("|")][1:]
+
+
+def test_repro_all_trains_the_ablations_and_peers(smoke_repo):
+    """Table 6's ablation row holds its run's top-1 and complexity; the peer's run appears beside table 1."""
+    repo, _ = smoke_repo
+    tables = (repo / "results/smoke/tables.md").read_text()
+    complexity = {r["key"]: r for r in json.loads((repo / "results/smoke/complexity.json").read_text())["rows"]}
+    ablated = complexity[f"secvit_tiny-{ABLATION}"]
+    assert ablated["ablation"] == ABLATION and ablated["params"] == 14_885_288  # without the 5x5 LCE convs
+    metrics = json.loads((repo / f"results/smoke/pretrain/secvit_tiny-{ABLATION}/metrics.json").read_text())
+    assert metrics["lce"] is False and metrics["epochs"] == 1  # smoke.pretrain.run_epochs
+    cells = _cells(tables, "**w/o LCE**", "## Table 6")
+    assert cells[0] == "15 / 14.89 (-0.11)" and cells[1].startswith(f"2.5 / {ablated['gflops_no_attn']:.2f} (")
+    assert cells[2].startswith(f"82.4 / {metrics['best_top1']:.2f} (")
+    peer = json.loads((repo / f"results/smoke/pretrain/{PEER}/metrics.json").read_text())
+    assert _cells(tables, f"`{PEER}` (ours, not in the paper's table 1)")[:3] == ["– / –", "– / –", f"– / {peer['best_top1']:.2f}"]
+    assert (repo / f"results/smoke/pretrain/{PEER}/eval.json").is_file()
 
 
 def test_a_code_change_reruns_the_stages_that_run_it(smoke_repo):

@@ -37,7 +37,10 @@ def test_paper_profile_is_appendix_b(params):
     assert cfg.reprob == 0.25 and cfg.mixup_alpha == 0.8 and cfg.cutmix_alpha == 1.0 and cfg.smoothing == 0.1
     assert cfg.repeated_aug and cfg.ema and cfg.sync_bn and cfg.amp_dtype == "bfloat16"
     assert cfg.ema_decay_per_step == pytest.approx(0.99996**4)
-    assert cfg.drop_path == {"secvit_tiny": 0.1, "secvit_small": 0.15, "secvit_base": 0.4, "secvit_large": 0.5}
+    secvit = {k: v for k, v in cfg.drop_path.items() if k.startswith("secvit_")}
+    assert secvit == {"secvit_tiny": 0.1, "secvit_small": 0.15, "secvit_base": 0.4, "secvit_large": 0.5}
+    assert cfg.drop_path["sec_swin_tiny"] == 0.2 and cfg.drop_path["pacavit_base"] == 0.5  # the peers' own rates
+    assert cfg.run_epochs == {} and cfg.for_run("stvit_small").epochs == 300  # every paper run trains 300 epochs
     assert cfg.eval_crop_pct == 0.875 and round(cfg.img_size / cfg.eval_crop_pct) == 256
     assert cfg.train_crop_scale == [0.08, 1.0]
     assert "1024" in (Path(__file__).parents[1] / "params.yaml").read_text()  # the divergence is explained there
@@ -46,7 +49,12 @@ def test_paper_profile_is_appendix_b(params):
 def test_smoke_profile_inherits_the_recipe(params):
     smoke, paper = params["smoke"]["pretrain"], params["paper"]["pretrain"]
     assert smoke["opt"] == paper["opt"] and smoke["sched"] == paper["sched"] and smoke["weight_decay"] == paper["weight_decay"]
-    assert from_section(PretrainConfig, smoke, "smoke.pretrain").accumulation(1) == 2
+    cfg = from_section(PretrainConfig, smoke, "smoke.pretrain")
+    assert cfg.accumulation(1) == 2
+    # the runs that check a family or an ablation end to end are shorter, nothing else differs
+    short = cfg.for_run("secvit_tiny-no_lce")
+    assert (short.epochs, cfg.epochs, cfg.for_run("secvit_tiny").epochs) == (1, 2, 2)
+    assert {**short.to_dict(), "epochs": cfg.epochs} == cfg.to_dict()
 
 
 def test_a_checkpoint_of_another_recipe_is_not_resumed(params):
@@ -68,6 +76,7 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed(params):
         ({"epochs": 0}, r"setting 'x\.epochs' must be positive"),
         ({"warmup_epochs": 400}, r"warmup_epochs < epochs"),
         ({"img_size": 16}, r"img_size' must be at least 32"),
+        ({"run_epochs": {"stvit_small": 5}}, r"'x\.run_epochs\.stvit_small' must be more than warmup_epochs \(5\), got 5"),
     ],
 )
 def test_bad_recipe_settings(params, change, message):

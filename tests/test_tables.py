@@ -205,3 +205,23 @@ def test_visualize_bad_image(kind: str, tmp_path: Path) -> None:
         visualize_clusters(path, "secvit_tiny", out=tmp_path / "o.png")
     assert "\n" not in str(info.value) and str(path) in str(info.value)
     assert not (tmp_path / "o.png").exists()
+
+
+def test_ablation_and_peer_rows_read_their_runs(results_dir: Path) -> None:
+    """Table 6's ablated SecViT-T rows read run ``secvit_tiny-<variant>``; peers trained with the recipe join table 1."""
+    cswsa = {**TINY, "key": "secvit_tiny-seca_to_cswsa", "ablation": "seca_to_cswsa", "gflops": 2.6691, "gflops_no_attn": 2.5081}
+    stem = {**TINY, "key": "secvit_tiny-no_conv_stem", "ablation": "no_conv_stem", "params": 14_086_696,
+            "gflops": 2.3321, "gflops_no_attn": 2.1213}
+    peer = {**TINY, "key": "stvit_small", "model": "stvit_small", "clusters": None, "params": 25_495_624,
+            "gflops": 4.3571, "gflops_no_attn": 4.1241}
+    _write(results_dir / "complexity.json", {"img_size": 224, "rows": [TINY, cswsa, stem, peer]})
+    _write(results_dir / "pretrain" / "secvit_tiny-seca_to_cswsa" / "metrics.json", _metrics("secvit_tiny", 41.5))
+    _write(results_dir / "pretrain" / "stvit_small" / "metrics.json", _metrics("stvit_small", 37.25))
+    text = write_tables(results_dir, "smoke", results_dir / "tables.md")
+    assert _cells(_row(text, "SECA→CSWSA [12]", 6))[1:] == ["15 / 14.98 (-0.02)", "2.5 / 2.51 (+0.01)", "81.4 / 41.50 (-39.90)", "2.67"]
+    assert _cells(_row(text, "w/o Conv Stem", 6))[1:] == ["14 / 14.09 (+0.09)", "2.1 / 2.12 (+0.02)", "82.3 / –", "2.33"]
+    assert _cells(_row(text, "w/o LCE", 6))[1:] == ["15 / –", "2.5 / –", "82.4 / –", "–"]  # no run: nothing measured
+    assert _cells(_row(text, "Swin-T", 6))[1:] == ["29", "4.5", "81.3", ""]  # the baseline is not ours
+    assert "not implemented" not in text.split("## Table 7")[0]
+    assert _cells(_row(text, "`stvit_small` (ours, not in the paper's table 1)", 1))[1:] == [
+        "– / 25.50", "– / 4.12", "– / 37.25", "4.36"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from secvit.errors import SecvitError
 
@@ -58,6 +58,7 @@ class PretrainConfig:
     workers: int
     eval_every: int
     checkpoint_every_steps: int  # 0: checkpoint at epoch ends only
+    run_epochs: dict[str, int]  # epochs of named runs (secvit.runs.run_key) in place of `epochs`; the rest is the same
 
     def validate(self, where: str) -> None:
         positive = ("epochs", "batch_size", "batch_per_device", "lr_base_batch", "img_size", "ema_decay_batch", "eval_every")
@@ -72,6 +73,9 @@ class PretrainConfig:
             raise SecvitError(f"setting '{where}.amp_dtype' must be bfloat16, float16 or null")
         if self.img_size < 32:
             raise SecvitError(f"setting '{where}.img_size' must be at least 32, got {self.img_size}")
+        for run, epochs in self.run_epochs.items():
+            if not self.warmup_epochs < epochs:
+                raise SecvitError(f"setting '{where}.run_epochs.{run}' must be more than warmup_epochs ({self.warmup_epochs}), got {epochs}")
         if self.workers < 0 or self.checkpoint_every_steps < 0:
             raise SecvitError(f"'{where}': workers and checkpoint_every_steps must be >= 0")
 
@@ -92,6 +96,10 @@ class PretrainConfig:
                 f"x {world_size} devices; change batch_per_device"
             )
         return self.batch_size // per_step
+
+    def for_run(self, run: str) -> PretrainConfig:
+        """The recipe of run ``run``: this one, with its ``run_epochs`` entry (if any) as ``epochs``."""
+        return replace(self, epochs=self.run_epochs.get(run, self.epochs))
 
     def drop_path_for(self, model: str) -> float:
         if model not in self.drop_path:

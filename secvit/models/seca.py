@@ -290,10 +290,11 @@ class SECA(nn.Module):
     """Semantic Equitable Clustering self-attention on channels-last maps (B, H, W, C).
 
     out = proj(attention(q, k, v) + lce(v)), with 2-D rotary embedding on q and k
-    and a 5x5 depthwise "local context enhancement" (LCE) on v.
+    and a 5x5 depthwise "local context enhancement" (LCE) on v; ``lce=False`` (table 6's
+    "w/o LCE" ablation) leaves it out: out = proj(attention(q, k, v)).
     """
 
-    def __init__(self, dim: int, num_heads: int, num_clusters: int, reference: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, num_clusters: int, reference: bool = False, lce: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
@@ -303,7 +304,7 @@ class SECA(nn.Module):
         self.reference = reference
         self.scale = self.head_dim**-0.5
         self.qkv = PointwiseConv(dim, dim * 3)
-        self.lce = DepthwiseConv(dim, 5)
+        self.lce = DepthwiseConv(dim, 5) if lce else None
         self.proj = PointwiseConv(dim, dim)
 
     def _packed(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
@@ -317,12 +318,14 @@ class SECA(nn.Module):
         """``tables``: :meth:`RotaryEmbedding2d.qkv_tables` for this map and head dim."""
         bsz, height, width, dim = x.shape
         qkv, packed = self._packed(x, tables)
-        lce = self.lce(qkv[..., 2 * dim :])
         if self.reference:
             out = seca_reference(*unpack_qkv(packed), self.num_clusters).transpose(1, 2)
         else:
             out = seca_fast(packed, self.num_clusters)
-        return self.proj(out.reshape(bsz, height, width, dim) + lce)
+        out = out.reshape(bsz, height, width, dim)
+        if self.lce is not None:
+            out = out + self.lce(qkv[..., 2 * dim :])
+        return self.proj(out)
 
     def cluster_assignment(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """Cluster index of every token, per head: (B, heads, H, W). For visualisation."""

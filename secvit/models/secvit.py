@@ -7,6 +7,13 @@ The architecture is the released (trained) one: a four-convolution stem, four
 stages of pre-norm blocks (CPE, SECA, convolutional FFN), strided 3x3 convolutions
 between stages, and a 1x1 conv + BN + Swish head. Stage inputs and outputs are NCHW; inside a stage the blocks run on channels-last maps.
 Released checkpoints load through :func:`checkpoint_filter_fn`.
+
+The ablations of the paper's table 6 are constructor options (timm kwargs, e.g.
+``timm.create_model("secvit_tiny", lce=False)``; :data:`secvit.models.variants.ABLATIONS`
+names them): ``attention="cswsa"`` (cross-shaped window attention in place of SECA,
+:mod:`secvit.models.cswsa`), ``lce=False``, ``cpe=False`` and ``conv_stem=False`` (a plain
+patch embedding, :class:`PatchStem`, in place of the convolutional stem). The defaults are
+the released architecture.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 import torch.fx
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerScale, SelectAdaptivePool2d, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -24,6 +32,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from secvit.errors import SecvitError
+from secvit.models.cswsa import CSWSA, STRIPES
 from secvit.models.seca import SECA, DepthwiseConv, PointwiseConv, RotaryEmbedding2d
 from secvit.models.variants import VARIANTS  # plain data, shared with secvit.tables
 
@@ -97,6 +106,48 @@ class Stem(nn.Sequential):
         return super().forward(_check_input(x, self.in_chans, self.clusters))
 
 
+@torch.fx.wrap
+def _pad_to_stride(x: Tensor, stride: int) -> Tensor:
+    """Zero-pad NCHW images at the bottom and right to multiples of ``stride`` (a no-op when they are)."""
+    return F.pad(x, (0, -x.shape[-1] % stride, 0, -x.shape[-2] % stride))
+
+
+class PatchEmbed(nn.Sequential):
+    """Non-overlapping patch embedding: a ``patch`` x ``patch`` conv with that stride, then BN.
+
+    The input is zero-padded at the bottom and right to multiples of ``patch`` first, so a
+    side of n becomes ceil(n / patch) as with the overlapping strided convs it replaces.
+    """
+
+    def __init__(self, in_dim: int, dim: int, patch: int) -> None:
+        super().__init__(nn.Conv2d(in_dim, dim, patch, patch), nn.BatchNorm2d(dim))
+        self.patch = patch
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(_pad_to_stride(x, self.patch))
+
+
+class PatchStem(nn.Sequential):
+    """Table 6's "w/o Conv Stem": a 4x4 stride-4 :class:`PatchEmbed` in place of the conv stem.
+
+    Same input validation as :class:`Stem`; ``stem.0.0`` is the first conv in both. The
+    ablation also turns the 3x3 stride-2 convs between stages into 2x2 patch merging (see
+    :class:`SecViT`). BN as between the stages (the paper does not say which norm it used).
+    """
+
+    def __init__(self, in_chans: int, width: int, clusters: tuple[int, ...]) -> None:
+        super().__init__(PatchEmbed(in_chans, width, 4))
+        self.in_chans = in_chans
+        self.clusters = tuple(clusters)
+
+    def min_size(self) -> int:
+        """Smallest square input whose every stage has at least one token per cluster."""
+        return _min_input_size(self.clusters)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(_check_input(x, self.in_chans, self.clusters))
+
+
 class ConvFFN(nn.Module):
     """1x1 expand, GELU, residual 3x3 depthwise conv, 1x1 project, on channels-last maps (B, H, W, C)."""
 
@@ -119,15 +170,25 @@ class SecBlock(nn.Module):
 
     Works on channels-last maps (B, H, W, C): the 1x1 convolutions of the released model
     run as linear maps on the channel dim, without layout changes inside the block.
+    Ablations: ``cpe=False`` drops the CPE, ``stripe`` (an int) puts cross-shaped window
+    attention with that stripe width in SECA's place, ``lce=False`` drops the attention's LCE.
     """
 
     def __init__(
-        self, dim: int, heads: int, clusters: int, drop_path: float, layer_scale: float | None
+        self,
+        dim: int,
+        heads: int,
+        clusters: int,
+        drop_path: float,
+        layer_scale: float | None,
+        cpe: bool = True,
+        lce: bool = True,
+        stripe: int | None = None,
     ) -> None:
         super().__init__()
-        self.cpe = DepthwiseConv(dim, 3)
+        self.cpe = DepthwiseConv(dim, 3) if cpe else None
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = SECA(dim, heads, clusters)
+        self.attn = SECA(dim, heads, clusters, lce=lce) if stripe is None else CSWSA(dim, heads, stripe, lce=lce)
         self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
@@ -136,13 +197,14 @@ class SecBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        x = x + self.cpe(x)
+        if self.cpe is not None:
+            x = x + self.cpe(x)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), tables)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def cluster_assignment(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """Cluster index of every token per head (B, heads, H, W) in this block's attention."""
-        return self.attn.cluster_assignment(self.norm1(x + self.cpe(x)), tables)
+        return self.attn.cluster_assignment(self.norm1(x if self.cpe is None else x + self.cpe(x)), tables)
 
 
 class SecStage(nn.Module):
@@ -163,14 +225,19 @@ class SecStage(nn.Module):
         drop_paths: list[float],
         layer_scale: float | None,
         downsample: bool,
+        patch_merging: bool = False,
+        **block_options,
     ) -> None:
         super().__init__()
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(in_dim, dim, 3, 2, 1), nn.BatchNorm2d(dim)) if downsample else nn.Identity()
-        )
+        if not downsample:
+            self.downsample = nn.Identity()
+        elif patch_merging:  # the "w/o Conv Stem" ablation: 2x2 stride-2 patch merging
+            self.downsample = PatchEmbed(in_dim, dim, 2)
+        else:
+            self.downsample = nn.Sequential(nn.Conv2d(in_dim, dim, 3, 2, 1), nn.BatchNorm2d(dim))
         self.rope = RotaryEmbedding2d(dim // heads)
         self.scale = (dim // heads) ** -0.5
-        self.blocks = nn.ModuleList(SecBlock(dim, heads, clusters, dp, layer_scale) for dp in drop_paths)
+        self.blocks = nn.ModuleList(SecBlock(dim, heads, clusters, dp, layer_scale, **block_options) for dp in drop_paths)
         self.grad_checkpointing = False
 
     def tokens(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
@@ -235,8 +302,20 @@ class ClassifierHead(nn.Module):
         return self.fc(x)
 
 
+ATTENTIONS = ("seca", "cswsa")
+
+
 class SecViT(nn.Module):
-    """SecViT backbone and classifier (timm interface)."""
+    """SecViT backbone and classifier (timm interface).
+
+    Ablation options (table 6; the defaults are the released model): ``attention`` ``"seca"``
+    or ``"cswsa"`` (cross-shaped window attention with ``stripes`` per stage; ``clusters`` is
+    then unused and the model has no minimum input size), ``lce``, ``cpe`` and ``conv_stem``.
+    ``conv_stem=False`` replaces every overlapping convolutional downsampling by a plain patch
+    embedding: :class:`PatchStem` (4x4, stride 4) and 2x2 stride-2 patch merging between the
+    stages (Swin-style). Only this reading gives table 6's 14M params and 2.1 GFLOPs for
+    SecViT-T; replacing the stem alone gives 14.95M and 2.22G.
+    """
 
     def __init__(
         self,
@@ -252,13 +331,21 @@ class SecViT(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
+        attention: str = "seca",
+        stripes: tuple[int, ...] = STRIPES,
+        lce: bool = True,
+        cpe: bool = True,
+        conv_stem: bool = True,
     ) -> None:
         super().__init__()
+        if attention not in ATTENTIONS:
+            raise SecvitError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         self.num_classes = num_classes
         self.num_features = widths[-1]
         self.head_hidden_size = head_hidden_size
-        self.clusters = tuple(clusters)
-        self.stem = Stem(in_chans, widths[0], self.clusters)
+        cross = attention == "cswsa"
+        self.clusters = tuple(1 for _ in widths) if cross else tuple(clusters)
+        self.stem = (Stem if conv_stem else PatchStem)(in_chans, widths[0], self.clusters)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, start = [], 0
         self.feature_info = []
@@ -273,6 +360,10 @@ class SecViT(nn.Module):
                     rates[start : start + depth],
                     layer_scale_init if i in layer_scale_stages else None,
                     downsample=i > 0,
+                    patch_merging=not conv_stem,
+                    cpe=cpe,
+                    lce=lce,
+                    stripe=stripes[i] if cross else None,
                 )
             )
             start += depth

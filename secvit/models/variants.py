@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["VARIANTS", "Variant", "default_clusters"]
+from secvit.errors import SecvitError
+
+__all__ = ["ABLATIONS", "VARIANTS", "Variant", "ablation_options", "default_clusters"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,23 @@ VARIANTS: dict[str, Variant] = {
     "secvit_base": Variant((80, 160, 320, 512), (4, 8, 26, 8), (5, 5, 10, 16), 0.4, (2, 3)),
     "secvit_large": Variant((112, 224, 448, 640), (4, 8, 26, 8), (7, 7, 14, 20), 0.5, (2, 3)),
 }
+
+
+#: The ablations of the paper's table 6 (its ``variant`` keys in ``secvit/tables/paper_results.yaml``)
+#: as constructor options of the SecViT family (timm kwargs; the paper ablates SecViT-T).
+ABLATIONS: dict[str, dict[str, object]] = {
+    "seca_to_cswsa": {"attention": "cswsa"},  # cross-shaped window attention in place of SECA
+    "no_lce": {"lce": False},
+    "no_cpe": {"cpe": False},
+    "no_conv_stem": {"conv_stem": False},  # a plain 4x4 stride-4 patch embedding
+}
+
+
+def ablation_options(name: str) -> dict[str, object]:
+    """Constructor options of the table-6 ablation ``name``; a one-line error for an unknown name."""
+    if name not in ABLATIONS:
+        raise SecvitError(f"unknown ablation {name!r}; choose one of: {', '.join(ABLATIONS)}")
+    return dict(ABLATIONS[name])
 
 
 def default_clusters(model: str) -> tuple[int, ...] | None:

@@ -241,7 +241,8 @@ def paper_value(
     ``setting`` selects sections whose setting contains those items (e.g.
     ``{"detector": "retinanet"}`` in table 4, ``{"head": "upernet"}`` in
     table 5); ``where`` selects rows with those values (e.g.
-    ``{"clusters": [64, 16, 4, None]}`` in table 7). Returns ``None`` when no
+    ``{"clusters": [64, 16, 4, None]}`` in table 7; ``{"variant": "no_lce"}`` for
+    an ablation in table 6, whose rows count only when asked for). Returns ``None`` when no
     row matches or the paper's cell is empty; raises ``ValueError`` if the
     matching rows disagree (pass ``setting``/``where`` to narrow them down),
     ``KeyError`` for an unknown table id.
@@ -258,6 +259,8 @@ def paper_value(
     found: list[tuple[Section, dict[str, Any]]] = []
     for section, row in tables[table_id].iter_rows():
         if metric not in section.columns or row.get("ours") != ours:
+            continue
+        if row.get("variant") != where.get("variant"):  # an ablation is another model: only when asked for
             continue
         if any(section.setting.get(k) != v for k, v in setting.items()):
             continue

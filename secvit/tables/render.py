@@ -62,8 +62,10 @@ SOURCES: dict[str, str] = {
         "512x512, as the paper), same FLOP convention as tables 3-4."
     ),
     "table6": (
-        "Ours: only the full SecViT-T is implemented (same sources as table 1); the ablated variants and "
-        "SEC-Swin-T are not, so they measure nothing."
+        "Ours: each ablation of SecViT-T is run `pretrain/secvit_tiny-<variant>` (params.yaml `ablations`) and the "
+        "complexity row with the same key; SecViT-T and SEC-Swin-T as in tables 1 and 2. The Swin-T baseline is "
+        "not ours. `no_conv_stem` replaces the stem by a 4x4 patch embedding and the strided convs between stages "
+        "by 2x2 patch merging (the reading that gives the paper's 14M and 2.1G)."
     ),
     "table7": (
         "Ours: run `pretrain/secvit_small-c<clusters>` and the complexity row with the same key (global last stage "
@@ -268,7 +270,30 @@ def render_table(table: PaperTable, results: Results) -> list[str]:
         lines += [SOURCES[table.id], ""]
     for section in table.sections:
         lines += render_section(table, section, results) + [""]
+    if table.id == "table1":
+        lines += peers_section(tables_listing(table), results)
     return lines
+
+
+def tables_listing(table: PaperTable) -> list[str]:
+    """Our models that some row of ``table`` shows."""
+    return [row["ours"] for section in table.sections for row in section.rows if "ours" in row]
+
+
+def peers_section(listed: Sequence[str], results: Results) -> list[str]:
+    """Table 1's extra section: measured models that the paper's table 1 does not list (the SEC variants and
+    the peers STViT and PaCa-ViT, pretrained with the same recipe), ours only."""
+    found = results.unlisted_classification(listed)
+    if not found:
+        return []
+    columns = ["params_m", "gflops", "top1"]
+    header = ["Model", *(COLUMN_TITLES[c] for c in columns), ALL_OPS_COLUMN]
+    rows = [
+        [f"`{model}` (ours, not in the paper's table 1)", *(compare_cell(c, None, m.get(c)) for c in columns),
+         format_number("gflops", results.gflops_all_ops("table1", {"ours": model}))]
+        for model, m in found
+    ]
+    return ["### Same recipe, not in the paper's table 1 (SEC variants, STViT, PaCa-ViT)", "", *markdown_table(header, rows), ""]
 
 
 def header(results: Results, profile: str) -> list[str]:

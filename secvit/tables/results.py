@@ -9,10 +9,10 @@ Layout (written by other stages)::
     detection/<backbone>-<detector>-<schedule>/metrics.json
     segmentation/<backbone>-<head>/metrics.json
 
-``<run>`` is :func:`secvit.runs.run_key`: the model name (``secvit_tiny``) or, for the
-table-7 cluster sweep, ``<model>-c<clusters joined by ->`` with the global last stage
-written as 1 (``secvit_small-c64-16-4-1``); a model's released clusters (32/8/2/1) are
-its plain run.
+``<run>`` is :func:`secvit.runs.run_key`: the model name (``secvit_tiny``), for the
+table-7 cluster sweep ``<model>-c<clusters joined by ->`` with the global last stage
+written as 1 (``secvit_small-c64-16-4-1``; a model's released clusters (32/8/2/1) are
+its plain run), for a table-6 ablation ``<model>-<variant>`` (``secvit_tiny-no_lce``).
 
 :meth:`Results.measured` maps one row of the paper's tables onto our numbers.
 Like :mod:`secvit.tables.paper` this module itself imports neither torch nor timm (its
@@ -125,7 +125,9 @@ class Results:
         ours = row.get("ours")
         if ours not in IMPLEMENTED_MODELS:
             return None
-        return run_key(ours, row.get("clusters")) if table_id == "table7" else ours
+        if table_id == "table7":
+            return run_key(ours, row.get("clusters"))
+        return run_key(ours, ablation=row.get("variant"))  # table 6's ablations: <model>-<variant>
 
     def complexity_row(self, table_id: str, row: Mapping[str, Any]) -> dict[str, Any] | None:
         """The complexity.json row behind a classification-table row, if measured."""
@@ -178,6 +180,12 @@ class Results:
             for name, data in runs.items()
             if name.endswith(suffix) and name.removesuffix(suffix) not in listed
         ]
+
+    def unlisted_classification(self, listed: Sequence[str]) -> list[tuple[str, dict[str, float | None]]]:
+        """Measured ImageNet runs of registered models (pretraining metrics or a complexity row) whose
+        model no row of ``listed`` shows: the peers (STViT, PaCa-ViT), trained with the same recipe."""
+        keys = [k for k in IMPLEMENTED_MODELS if k not in listed and (k in self.pretrain or k in self.complexity)]
+        return [(k, self._classification(k)) for k in keys]
 
     def _classification(self, key: str) -> dict[str, float | None]:
         comp = self.complexity.get(key) or {}
