@@ -9,8 +9,10 @@ import torch
 
 from secvit.models.seca import (
     SECA,
+    DepthwiseConv,
     RotaryEmbedding2d,
     cluster_sizes,
+    linear_gelu,
     rotate_packed,
     seca_fast,
     seca_reference,
@@ -176,3 +178,28 @@ def test_stage_compiles_without_graph_breaks():
     torch.testing.assert_close(out, stage(x))
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_inference_shortcuts_compute_what_the_autograd_path_computes():
+    """fp32 without gradients the stage takes shortcuts (q and k rotated in place, fc1 + GELU as one
+    oneDNN call, residual depthwise convs as one conv); with gradients it runs the plain ops."""
+    stage = _stage()
+    x = torch.randn(2, 16, 9, 11)
+    with torch.no_grad():
+        fast = stage(x)
+    plain = stage(x.clone().requires_grad_())
+    torch.testing.assert_close(fast, plain.detach())
+
+
+def test_residual_depthwise_conv_and_fused_gelu_match_plain_ops():
+    torch.manual_seed(0)
+    conv = DepthwiseConv(16, 3, residual=True)
+    x = torch.randn(2, 9, 11, 16)
+    plain = x + torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), conv.weight, conv.bias, padding=1, groups=16).permute(0, 2, 3, 1)
+    torch.testing.assert_close(conv(x), plain)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # identity added in fp32 there, not rounded into a bf16 weight
+        low = conv(x)
+    assert low.dtype == torch.float32 and (low - plain).abs().max() < 0.05
+    w, b = torch.randn(48, 16) * 0.2, torch.randn(48)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_gelu(x, w, b), torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b)))

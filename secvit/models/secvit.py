@@ -33,8 +33,10 @@ from torch import Tensor, nn
 
 from secvit.errors import SecvitError
 from secvit.models.cswsa import CSWSA, STRIPES
-from secvit.models.seca import SECA, DepthwiseConv, PointwiseConv, RotaryEmbedding2d
+from secvit.models.seca import SECA, DepthwiseConv, PointwiseConv, RotaryEmbedding2d, linear_gelu
 from secvit.models.variants import VARIANTS  # plain data, shared with secvit.tables
+
+torch.fx.wrap("linear_gelu")  # one opaque call when tracing ConvFFN (it branches on dtype and grad mode)
 
 __all__ = ["SecViT", "checkpoint_filter_fn", "VARIANTS"]
 
@@ -103,7 +105,10 @@ class Stem(nn.Sequential):
         return _min_input_size(self.clusters)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(_check_input(x, self.in_chans, self.clusters))
+        # channels-last memory: oneDNN's convolutions are faster on it, and stage 1 then
+        # takes the stem's output as its channels-last map without a copy
+        x = _check_input(x, self.in_chans, self.clusters).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 @torch.fx.wrap
@@ -154,14 +159,13 @@ class ConvFFN(nn.Module):
     def __init__(self, dim: int, ratio: int = 3) -> None:
         super().__init__()
         hidden = dim * ratio
-        self.fc1 = PointwiseConv(dim, hidden)
-        self.act = nn.GELU()
-        self.dwconv = DepthwiseConv(hidden, 3)
+        self.fc1 = PointwiseConv(dim, hidden)  # followed by GELU (fused in linear_gelu)
+        self.dwconv = DepthwiseConv(hidden, 3, residual=True)
         self.fc2 = PointwiseConv(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.fc1(x))
-        x = x + self.dwconv(x)
+        x = linear_gelu(x, self.fc1.weight.flatten(1), self.fc1.bias)  # gelu(fc1(x))
+        x = self.dwconv(x)  # x + dwconv(x)
         return self.fc2(x)
 
 
@@ -186,7 +190,7 @@ class SecBlock(nn.Module):
         stripe: int | None = None,
     ) -> None:
         super().__init__()
-        self.cpe = DepthwiseConv(dim, 3) if cpe else None
+        self.cpe = DepthwiseConv(dim, 3, residual=True) if cpe else None
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SECA(dim, heads, clusters, lce=lce) if stripe is None else CSWSA(dim, heads, stripe, lce=lce)
         self.ls1 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
@@ -198,13 +202,13 @@ class SecBlock(nn.Module):
 
     def forward(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         if self.cpe is not None:
-            x = x + self.cpe(x)
+            x = self.cpe(x)  # x + cpe(x)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), tables)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def cluster_assignment(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """Cluster index of every token per head (B, heads, H, W) in this block's attention."""
-        return self.attn.cluster_assignment(self.norm1(x if self.cpe is None else x + self.cpe(x)), tables)
+        return self.attn.cluster_assignment(self.norm1(x if self.cpe is None else self.cpe(x)), tables)
 
 
 class SecStage(nn.Module):
