@@ -9,7 +9,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.common import console, user_errors
+from secvit.cli.common import console, user_errors
 
 app = typer.Typer(help="Speed benchmarks: SECA implementations and whole models (figures in docs/benchmarks.md).", no_args_is_help=True)
 

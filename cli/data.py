@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ParamsOpt, ProfileOpt, console, user_errors
+from secvit.cli.common import ParamsOpt, ProfileOpt, console, user_errors
 
 
 def data(
@@ -16,8 +16,8 @@ def data(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Check dataset layouts (generating the tiny smoke datasets first) and write their manifests."""
-    from pipelines.data import prepare
-    from pipelines.settings import DATASETS
+    from secvit.pipelines.data import prepare
+    from secvit.pipelines.settings import DATASETS
 
     for name in dataset or DATASETS:
         console.print(f"{name}: manifest {prepare(profile, params, name)}")

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ParamsOpt, ProfileOpt, user_errors
-from cli.train import ExecutorOpt
+from secvit.cli.common import ParamsOpt, ProfileOpt, user_errors
+from secvit.cli.train import ExecutorOpt
 
 ModelOpt = Annotated[str, typer.Option(help="Backbone, e.g. secvit_small (any model of `secvit list-models`).")]
 WeightsOpt = Annotated[
@@ -32,9 +32,9 @@ def detect(
     Checkpoints go to runs/<profile>/detection/<model>-<detector>-<schedule>/ (a rerun resumes there);
     box/mask AP, params and FLOPs to results/<profile>/detection/<...>/metrics.json.
     """
-    from pipelines.downstream import detect_stage
-    from pipelines.launch import per_device
-    from pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.pipelines.downstream import detect_stage
+    from secvit.pipelines.launch import per_device
+    from secvit.pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         options = {"profile": profile, "model": model, "detector": detector, "schedule": schedule, "weights": weights, "params": params}
@@ -56,9 +56,9 @@ def segment(
     Checkpoints go to runs/<profile>/segmentation/<model>-<head>/ (a rerun resumes there);
     mIoU, params and FLOPs to results/<profile>/segmentation/<model>-<head>/metrics.json.
     """
-    from pipelines.downstream import segment_stage
-    from pipelines.launch import per_device
-    from pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.pipelines.downstream import segment_stage
+    from secvit.pipelines.launch import per_device
+    from secvit.pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         options = {"profile": profile, "model": model, "head": head, "weights": weights, "params": params}

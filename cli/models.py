@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import ParamsOpt, console, user_errors
-from cli.train import ExecutorOpt
+from secvit.cli.common import ParamsOpt, console, user_errors
+from secvit.cli.train import ExecutorOpt
 from secvit.errors import SecvitError
 
 
@@ -25,7 +25,7 @@ def complexity(
 ) -> None:
     """Parameters and FLOPs (fvcore) at 1x3xSxS of MODEL, or (--profile) the complexity stage."""
     from secvit.complexity import measure
-    from pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor) and (profile is not None or executor is not None):  # $SECVIT_EXECUTOR: stages only
         if profile is None:
@@ -33,7 +33,7 @@ def complexity(
         run_on_slurm("complexity", {"profile": profile, "params": params}, profile, params)
         return
     if profile is not None:
-        from pipelines.complexity import complexity_stage
+        from secvit.pipelines.complexity import complexity_stage
 
         console.print(f"wrote {complexity_stage(profile, params)}")
         return

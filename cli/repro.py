@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import console, user_errors
+from secvit.cli.common import console, user_errors
 
 repro_app = typer.Typer(help="Run the study through DVC.", no_args_is_help=True)
 
@@ -21,12 +21,12 @@ def repro_all(
 
     results/tables.md and results/plots/ then point to the profile's results/<profile>/ files.
     """
-    from pipelines.repro import point_latest, repro_local
+    from secvit.pipelines.repro import point_latest, repro_local
 
     if executor == "local":
         tables = repro_local(profile)
     elif executor == "slurm":
-        from pipelines.slurm_dag import repro_slurm
+        from secvit.pipelines.slurm_dag import repro_slurm
 
         tables = repro_slurm(profile)
     else:

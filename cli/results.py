@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ParamsOpt, console, user_errors
+from secvit.cli.common import ParamsOpt, console, user_errors
 from secvit.errors import SecvitError
 from secvit.params import check_profile
 
@@ -52,7 +52,7 @@ def visualize_clusters(
     from secvit.visualize import visualize_clusters as run
 
     if profile is not None:
-        from pipelines.figures import figures_stage
+        from secvit.pipelines.figures import figures_stage
 
         console.print(f"wrote {figures_stage(profile, params)}")
         return

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import ParamsOpt, ProfileOpt, console, user_errors
+from secvit.cli.common import ParamsOpt, ProfileOpt, console, user_errors
 
 ExecutorOpt = Annotated[
     str | None,
@@ -38,9 +38,9 @@ def pretrain(
     Checkpoints go to runs/<profile>/pretrain/<run>/ and training resumes from last.pth there;
     metrics and curves go to results/<profile>/pretrain/<run>/.
     """
-    from pipelines.launch import per_device
-    from pipelines.pretrain import pretrain_stage
-    from pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.pipelines.launch import per_device
+    from secvit.pipelines.pretrain import pretrain_stage
+    from secvit.pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         options = {"profile": profile, "model": model, "clusters": clusters, "ablation": ablation, "params": params}
@@ -69,9 +69,9 @@ def evaluate(
     results/<profile>/pretrain/<model>/eval.json too. A checkpoint holding raw and EMA weights
     (last.pth, released files) is evaluated with both.
     """
-    from pipelines.evaluate import evaluate_stage
-    from pipelines.launch import per_device
-    from pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.pipelines.evaluate import evaluate_stage
+    from secvit.pipelines.launch import per_device
+    from secvit.pipelines.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         options = {"profile": profile, "model": model, "checkpoint": checkpoint, "data": data, "out": out, "params": params}

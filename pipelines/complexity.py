@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import load
-from pipelines.sweep import ablation_config, sweep_config
+from secvit.pipelines.settings import load
+from secvit.pipelines.sweep import ablation_config, sweep_config
 from secvit.models.variants import ablation_options, default_clusters
 from secvit.runs import results_root, run_key
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipelines.settings import DATASETS, data_config
+from secvit.pipelines.settings import DATASETS, data_config
 from secvit.data import layout, manifest, synthetic
 from secvit.errors import SecvitError
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import data_config, load
+from secvit.pipelines.settings import data_config, load
 from secvit.downstream.run import Schedule
 from secvit.errors import SecvitError
 from secvit.params import from_section

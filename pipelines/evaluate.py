@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import data_config, load
+from secvit.pipelines.settings import data_config, load
 from secvit.engine.config import PretrainConfig
 from secvit.errors import SecvitError
 from secvit.runs import BEST, results_dir, run_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.settings import load
+from secvit.pipelines.settings import load
 from secvit.runs import BEST, results_root, run_dir
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import data_config, load
-from pipelines.sweep import ablation_config, parse_clusters, sweep_config
+from secvit.pipelines.settings import data_config, load
+from secvit.pipelines.sweep import ablation_config, parse_clusters, sweep_config
 from secvit.errors import SecvitError
 from secvit.engine.config import PretrainConfig
 from secvit.models.variants import VARIANTS, ablation_options

@@ -36,12 +36,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipelines.repro import check_repo
-from pipelines.repro import targets as profile_targets
+from secvit.pipelines.repro import check_repo
+from secvit.pipelines.repro import targets as profile_targets
 from secvit.atomic import write_json
 from secvit.errors import SecvitError
 from secvit.params import check_profile
-from pipelines.slurm import (
+from secvit.pipelines.slurm import (
     ACTIVE,
     SlurmConfig,
     Tracked,

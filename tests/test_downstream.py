@@ -17,7 +17,7 @@ import torch
 import yaml
 from conftest import make_project, one_line_error, secvit
 
-from pipelines.downstream import CONFIGS, DETECTION_CONFIGS, SEGMENTATION_CONFIGS
+from secvit.pipelines.downstream import CONFIGS, DETECTION_CONFIGS, SEGMENTATION_CONFIGS
 from secvit.errors import SecvitError
 from secvit.models.registry import create
 from secvit.tables.paper import load_paper_tables

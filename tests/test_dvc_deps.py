@@ -8,14 +8,20 @@ module-level imports only: their other commands do not run. A module missing fro
 """
 
 import ast
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("secvit", "cli", "pipelines")
+# Installed packages whose folder is not their dotted name: secvit.cli -> cli/, secvit.pipelines -> pipelines/
+FOLDERS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
 
 
 def _module_file(name: str) -> Path | None:
-    path = ROOT.joinpath(*name.split("."))
+    parts = name.split(".")
+    for package, folder in FOLDERS.items():
+        if name == package or name.startswith(package + "."):
+            parts = [folder, *name[len(package) + 1 :].split(".")] if name != package else [folder]
+    path = ROOT.joinpath(*parts)
     if path.with_suffix(".py").is_file():
         return path.with_suffix(".py")
     if (path / "__init__.py").is_file():
@@ -35,7 +41,7 @@ def _project_names(nodes) -> set[str]:
             continue
         for name in found:
             parts = name.split(".")
-            if parts[0] in PACKAGES:
+            if parts[0] == "secvit":
                 prefixes = (".".join(parts[: i + 1]) for i in range(len(parts)))
                 names.update(p for p in prefixes if _module_file(p) is not None)
     return names
@@ -57,14 +63,14 @@ def import_closure(module: str, function: str) -> set[str]:
             continue
         seen.add(name)
         tree = _tree(name)
-        nodes = tree.body if name.startswith("cli.") else ast.walk(tree)
+        nodes = tree.body if name.startswith("secvit.cli.") else ast.walk(tree)
         todo |= _project_names(nodes) - seen
     return {str(_module_file(n).relative_to(ROOT)) for n in seen}
 
 
 def _commands() -> dict[str, tuple[str, str]]:
     """``secvit <name>`` -> (CLI module, function)."""
-    from cli.main import app
+    from secvit.cli.main import app
 
     out = {}
     groups = [("", app)] + [(f"{g.name} ", g.typer_instance) for g in app.registered_groups]
@@ -90,10 +96,10 @@ def _covered(path: str, deps: list[str]) -> bool:
 
 
 def test_closure_follows_function_level_imports():
-    closure = import_closure("cli.downstream", "detect")
+    closure = import_closure("secvit.cli.downstream", "detect")
     assert {"pipelines/downstream.py", "secvit/downstream/run.py", "secvit/data/layout.py", "cli/train.py"} <= closure
-    assert "secvit/engine/train.py" not in closure  # cli.train's pretrain command does not run
-    assert "secvit/engine/train.py" in import_closure("cli.train", "pretrain")
+    assert "secvit/engine/train.py" not in closure  # secvit.cli.train's pretrain command does not run
+    assert "secvit/engine/train.py" in import_closure("secvit.cli.train", "pretrain")
 
 
 def test_every_stage_depends_on_the_code_it_runs():

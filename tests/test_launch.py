@@ -28,8 +28,8 @@ def test_one_process_with_two_devices_trains_as_two_ddp_processes(tmp_path, repo
 
 
 def test_device_count_and_executor_settings(monkeypatch):
-    from pipelines.launch import visible_devices
-    from pipelines.slurm import executor_choice
+    from secvit.pipelines.launch import visible_devices
+    from secvit.pipelines.slurm import executor_choice
     from secvit.errors import SecvitError
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)

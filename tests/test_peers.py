@@ -257,7 +257,7 @@ def test_fastervit_baselines(name, params):
 
 def test_cli_complexity_json_sec_swin_tiny():
     result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "complexity", "sec_swin_tiny", "--json"], capture_output=True, text=True
+        [sys.executable, "-m", "secvit.cli.main", "complexity", "sec_swin_tiny", "--json"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
