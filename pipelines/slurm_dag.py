@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -294,14 +295,31 @@ def repro_slurm(profile: str, root: Path = Path("."), targets: list[str] | None 
     except SecvitError as e:
         raise SecvitError(f"{e} (jobs submitted before it keep running; fix this and run again to re-attach)") from None
     waiter = Waiter(plans, rows, jobs, root)
+    # Ctrl-C takes effect between polls, never inside a commit to dvc.lock (DVC must not be
+    # interrupted half-way); a second Ctrl-C stops at once.
+    interrupted: list[bool] = []
+
+    def on_sigint(*_: object) -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    def step(tracked: list[Tracked]) -> bool:
+        if interrupted:
+            raise KeyboardInterrupt
+        return waiter(tracked)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        watch(list(rows.values()), f"secvit repro ({profile}) on SLURM", waiter, poll_s)
+        watch(list(rows.values()), f"secvit repro ({profile}) on SLURM", step, poll_s)
     except KeyboardInterrupt:
         active = [r.job.job_id for r in rows.values() if r.stage not in waiter.done]
         raise SecvitError(
             f"interrupted; SLURM jobs {', '.join(active) or 'none'} keep running: run the same command again to "
             f"re-attach ({jobs.path}), or scancel them"
         ) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if waiter.failed:
         raise waiter.error()
     console.print(f"committed {len(plans)} stage(s) to dvc.lock; job logs in {folder}/")

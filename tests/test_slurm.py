@@ -127,6 +127,30 @@ def _mid_epoch(last: Path) -> tuple[int, int] | None:
     return (state["epoch"], state["batch"]) if state["batch"] > 0 else None
 
 
+def pretrain_requeued_mid_epoch(repo: Path, checkpoint_s: float, finish_s: float) -> tuple[str, str, dict[str, str]]:
+    """Run ``secvit pretrain --executor slurm`` in ``repo``, ``scontrol requeue`` its running job once a
+    mid-epoch checkpoint exists, and wait for the command; assert that the job restarted once and
+    resumed. Returns the job id, task 0's stderr log and the job's fields at the requeue."""
+    cli = subprocess.Popen(
+        ["secvit", "pretrain", "--profile", "smoke", "--model", "secvit_tiny", "--executor", "slurm"],
+        cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        job = wait_for(lambda: job_ids(repo)[-1:], 60, "the CLI's job")[0]
+        wait_for(lambda: _mid_epoch(repo / "runs/smoke/pretrain/secvit_tiny/last.pth"), checkpoint_s, "a mid-epoch checkpoint")
+        fields = job_fields(job)
+        assert fields["JobState"] == "RUNNING", fields
+        run(repo, "scontrol", "requeue", job)
+        out, _ = cli.communicate(timeout=finish_s)
+    finally:
+        cli.kill()
+    assert cli.returncode == 0, out[-3000:]
+    assert int(job_fields(job)["Restarts"]) == 1 and "requeued x1" in out
+    log = (repo / f"runs/slurm/smoke/{job}/{job}_0_log.err").read_text()
+    assert re.search(r"resuming secvit_tiny from\s", log), log[-2000:]
+    return job, log, fields
+
+
 def test_requeued_job_resumes_to_identical_result(scratch):
     params = {"smoke.data.generate.imagenet.train_per_class": 48, "smoke.pretrain.checkpoint_every_steps": 3}
     ref, req = scratch("reference", params), scratch("requeued", params)
@@ -138,22 +162,7 @@ def test_requeued_job_resumes_to_identical_result(scratch):
 
     argv = stage_argv("pretrain", {"profile": "smoke", "model": "secvit_tiny"})
     reference = submit(argv, ref, load_slurm_config(ref / "params.yaml"), "reference", "pretrain", ref / "runs/slurm/smoke/%j")
-    cli = subprocess.Popen(
-        ["secvit", "pretrain", "--profile", "smoke", "--model", "secvit_tiny", "--executor", "slurm"],
-        cwd=req, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        job = wait_for(lambda: job_ids(req)[-1:], 60, "the CLI's job")[0]
-        wait_for(lambda: _mid_epoch(req / "runs/smoke/pretrain/secvit_tiny/last.pth"), 150, "a mid-epoch checkpoint")
-        assert job_state(job) == "RUNNING"
-        run(req, "scontrol", "requeue", job)
-        out, _ = cli.communicate(timeout=240)
-    finally:
-        cli.kill()
-    assert cli.returncode == 0, out[-3000:]
-    assert int(job_fields(job)["Restarts"]) == 1 and "requeued x1" in out
-    log = (req / f"runs/slurm/smoke/{job}/{job}_0_log.err").read_text()
-    assert re.search(r"resuming secvit_tiny from\s", log), log[-2000:]
+    _, log, _ = pretrain_requeued_mid_epoch(req, checkpoint_s=150, finish_s=240)
     assert re.search(r"epoch \d+, batch\s+\d+", log.split("resuming secvit_tiny", 1)[1])
 
     wait_for(lambda: job_state(reference.job_id) not in {"PENDING", "RUNNING"}, 180, "the reference job", step=1)
@@ -358,23 +367,8 @@ def test_two_task_job_trains_ddp_with_the_global_batch_and_resumes_after_requeue
     params = {"smoke.pretrain.epochs": 1, "smoke.pretrain.checkpoint_every_steps": 2, "slurm.stages": {"pretrain": {"tasks_per_node": 2}}}
     repo = scratch(params=params)
     make_imagenet(repo / "data/smoke/imagenet", num_classes=4, train_per_class=48, val_per_class=8, size=48, seed=0)  # 6 steps of 2 x 16
-    cli = subprocess.Popen(
-        ["secvit", "pretrain", "--profile", "smoke", "--model", "secvit_tiny", "--executor", "slurm"],
-        cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        job = wait_for(lambda: job_ids(repo)[-1:], 60, "the CLI's job")[0]
-        wait_for(lambda: _mid_epoch(repo / "runs/smoke/pretrain/secvit_tiny/last.pth"), 240, "a mid-epoch checkpoint")
-        fields = job_fields(job)
-        assert fields["JobState"] == "RUNNING" and fields["NumTasks"] == "2", fields
-        run(repo, "scontrol", "requeue", job)
-        out, _ = cli.communicate(timeout=300)
-    finally:
-        cli.kill()
-    assert cli.returncode == 0, out[-3000:]
-    assert int(job_fields(job)["Restarts"]) == 1 and "requeued x1" in out
-    log = (repo / f"runs/slurm/smoke/{job}/{job}_0_log.err").read_text()
-    assert re.search(r"resuming secvit_tiny from\s", log), log[-2000:]
+    job, _, fields = pretrain_requeued_mid_epoch(repo, checkpoint_s=240, finish_s=300)
+    assert fields["NumTasks"] == "2", fields
     assert (repo / f"runs/slurm/smoke/{job}/{job}_1_log.out").is_file()  # task 1 ran too
     found = metrics(repo)
     assert found["world_size"] == 2 and found["accumulation"] == 1 and found["global_batch"] == 32
