@@ -33,14 +33,11 @@ def detect(
     box/mask AP, params and FLOPs to results/<profile>/detection/<...>/metrics.json.
     """
     from secvit.pipelines.downstream import detect_stage
-    from secvit.pipelines.launch import per_device
-    from secvit.pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.pipelines.launch import run_stage
 
-    if use_slurm(executor):
-        options = {"profile": profile, "model": model, "detector": detector, "schedule": schedule, "weights": weights, "params": params}
-        run_on_slurm("detect", options, profile, params)
-        return
-    print(json.dumps(per_device(detect_stage, profile, model, detector, schedule, params, weights), indent=2, sort_keys=True))
+    result = run_stage("detect", detect_stage, executor, profile=profile, model=model, detector=detector, schedule=schedule, weights=weights, params=params)
+    if result is not None:
+        print(json.dumps(result, indent=2, sort_keys=True))
 
 
 def segment(
@@ -57,14 +54,11 @@ def segment(
     mIoU, params and FLOPs to results/<profile>/segmentation/<model>-<head>/metrics.json.
     """
     from secvit.pipelines.downstream import segment_stage
-    from secvit.pipelines.launch import per_device
-    from secvit.pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.pipelines.launch import run_stage
 
-    if use_slurm(executor):
-        options = {"profile": profile, "model": model, "head": head, "weights": weights, "params": params}
-        run_on_slurm("segment", options, profile, params)
-        return
-    print(json.dumps(per_device(segment_stage, profile, model, head, params, weights), indent=2, sort_keys=True))
+    result = run_stage("segment", segment_stage, executor, profile=profile, model=model, head=head, weights=weights, params=params)
+    if result is not None:
+        print(json.dumps(result, indent=2, sort_keys=True))
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,14 @@ repro_app = typer.Typer(help="Run the study through DVC.", no_args_is_help=True)
 def repro_all(
     profile: Annotated[str, typer.Option(help="smoke (CPU, generated data) or paper (the full study).")] = "smoke",
     executor: Annotated[str, typer.Option(help="local: stages run here; slurm: stale stages become SLURM jobs.")] = "local",
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="local: stages run side by side, their output in runs/<profile>/logs/ (1: plain `dvc repro`). "
+            "Default: 1 with GPUs, else one per CPU core up to 4.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run every stale stage of a profile's DAG and print where the tables are.
 
@@ -23,8 +31,12 @@ def repro_all(
     """
     from secvit.pipelines.repro import point_latest, repro_local
 
+    if jobs is not None and executor != "local":
+        from secvit.errors import SecvitError
+
+        raise SecvitError("--jobs is for the local executor (on SLURM, independent stages run as parallel jobs anyway)")
     if executor == "local":
-        tables = repro_local(profile)
+        tables = repro_local(profile, jobs=jobs)
     elif executor == "slurm":
         from secvit.pipelines.slurm_dag import repro_slurm
 

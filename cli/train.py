@@ -38,16 +38,12 @@ def pretrain(
     Checkpoints go to runs/<profile>/pretrain/<run>/ and training resumes from last.pth there;
     metrics and curves go to results/<profile>/pretrain/<run>/.
     """
-    from secvit.pipelines.launch import per_device
+    from secvit.pipelines.launch import run_stage
     from secvit.pipelines.pretrain import pretrain_stage
-    from secvit.pipelines.slurm import run_on_slurm, use_slurm
 
-    if use_slurm(executor):
-        options = {"profile": profile, "model": model, "clusters": clusters, "ablation": ablation, "params": params}
-        run_on_slurm("pretrain", options, profile, params)
-        return
-    metrics = per_device(pretrain_stage, profile, model, params, clusters, ablation)
-    console.print(f"best top-1 {metrics['best_top1']:.2f} ({metrics['best_weights']} weights, epoch {metrics['best_epoch']})")
+    metrics = run_stage("pretrain", pretrain_stage, executor, profile=profile, model=model, clusters=clusters, ablation=ablation, params=params)
+    if metrics is not None:
+        console.print(f"best top-1 {metrics['best_top1']:.2f} ({metrics['best_weights']} weights, epoch {metrics['best_epoch']})")
 
 
 def evaluate(
@@ -70,16 +66,11 @@ def evaluate(
     (last.pth, released files) is evaluated with both.
     """
     from secvit.pipelines.evaluate import evaluate_stage
-    from secvit.pipelines.launch import per_device
-    from secvit.pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.pipelines.launch import run_stage
 
-    if use_slurm(executor):
-        options = {"profile": profile, "model": model, "checkpoint": checkpoint, "data": data, "out": out, "params": params}
-        run_on_slurm("evaluate", options, profile, params)
-        return
-
-    result = per_device(evaluate_stage, profile, model, params, checkpoint, data, out)
-    print(json.dumps(result, indent=2, sort_keys=True))
+    result = run_stage("evaluate", evaluate_stage, executor, profile=profile, model=model, checkpoint=checkpoint, data=data, out=out, params=params)
+    if result is not None:
+        print(json.dumps(result, indent=2, sort_keys=True))
 
 
 def register(app: typer.Typer) -> None:

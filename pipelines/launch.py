@@ -15,6 +15,7 @@ processes using gloo, a stand-in for GPUs in tests and on laptops.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Callable
@@ -44,7 +45,9 @@ def visible_devices() -> int:
 
 def in_distributed_run() -> bool:
     """True inside a process that a launcher (torchrun, SLURM tasks) already placed in a process group."""
-    return "WORLD_SIZE" in os.environ
+    from secvit.engine.distributed import launched_world_size
+
+    return launched_world_size() is not None
 
 
 def per_device(fn: Callable[..., T], *args: Any) -> T:
@@ -78,3 +81,15 @@ def per_device(fn: Callable[..., T], *args: Any) -> T:
         first = message.strip().splitlines()[0] if message and message.strip() else f"exit code {failure.exitcode}"
         raise SecvitError(f"process {rank} of {devices} failed: {first}") from None
     return results[0]
+
+
+def run_stage(command: str, fn: Callable[..., T], executor: str | None, **options: Any) -> T | None:
+    """Run the stage ``secvit <command> <options>``: as a SLURM job (``--executor slurm`` or
+    ``$SECVIT_EXECUTOR``; waits for it and returns None), else ``fn(**options)`` here, once per
+    visible device (:func:`per_device`). ``options`` holds ``profile`` and ``params``."""
+    from secvit.pipelines.slurm import run_on_slurm, use_slurm
+
+    if use_slurm(executor):
+        run_on_slurm(command, options, options["profile"], options["params"])
+        return None
+    return per_device(functools.partial(fn, **options))

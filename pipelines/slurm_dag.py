@@ -27,21 +27,19 @@ Inside a SLURM allocation (``salloc``/``srun --pty``) plain ``dvc repro`` or
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from secvit.pipelines.repro import check_repo
-from secvit.pipelines.repro import targets as profile_targets
 from secvit.atomic import write_json
 from secvit.errors import SecvitError
 from secvit.params import check_profile
+from secvit.pipelines.dag import StalePlan, command_argv, commit_stage, downstream_of, stale_stages
+from secvit.pipelines.repro import check_repo
+from secvit.pipelines.repro import targets as profile_targets
 from secvit.pipelines.slurm import (
     ACTIVE,
     SlurmConfig,
@@ -57,83 +55,6 @@ from secvit.pipelines.slurm import (
     submit,
     watch,
 )
-
-SHELL_CHARS = set(";&|<>$`\\\"'*?(){}[]~#\n")
-
-
-@dataclass(frozen=True)
-class StalePlan:
-    """A stale stage: its DVC name, interpolated command, working directory and the stale
-    stages directly upstream of it."""
-
-    name: str
-    cmd: str
-    wdir: Path
-    upstream: tuple[str, ...]
-
-
-# ---- which stages are stale (DVC's graph)
-
-
-@contextlib.contextmanager
-def dvc_repo(root: Path) -> Iterator[Any]:
-    """The DVC repo at ``root``, opened from there (targets resolve as on the command line)."""
-    from dvc.repo import Repo
-
-    with contextlib.chdir(root), Repo(".") as repo:
-        yield repo
-
-
-def _select(stages: list[Any], target: str) -> list[Any]:
-    """Stages named ``target``, or the foreach/matrix group ``target`` (``data-smoke``)."""
-    found = [s for s in stages if s.addressing == target or s.addressing.startswith(f"{target}@")]
-    if not found:
-        raise SecvitError(f"no stage {target!r} in dvc.yaml; see `dvc stage list`")
-    return found
-
-
-def _command(stage: Any) -> str:
-    return " && ".join(stage.cmd) if isinstance(stage.cmd, list) else str(stage.cmd)
-
-
-def stale_stages(root: Path, targets: list[str]) -> list[StalePlan]:
-    """The stale stages among ``targets`` and everything upstream, upstream first."""
-    import networkx as nx
-    from dvc.repo import lock_repo
-
-    with dvc_repo(root) as repo, lock_repo(repo):
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        wanted = {s for t in targets for s in _select(list(graph.nodes), t)}
-        closure = wanted.union(*(nx.descendants(graph, s) for s in wanted))
-        order = list(reversed(list(nx.topological_sort(graph.subgraph(closure)))))
-        stale: dict[Any, bool] = {}
-        for stage in order:
-            upstream_stale = any(stale[u] for u in graph.successors(stage))
-            runnable = bool(stage.cmd) and not stage.frozen
-            stale[stage] = runnable and (upstream_stale or stage.changed())
-        return [
-            StalePlan(s.addressing, _command(s), Path(s.wdir), tuple(u.addressing for u in graph.successors(s) if stale[u]))
-            for s in order
-            if stale[s]
-        ]
-
-
-def commit_stage(root: Path, name: str, tries: int = 5) -> None:
-    """``dvc commit -f --no-relink <name>``: record the stage's deps and outs in dvc.lock and
-    its outs in the cache. No relink: the workspace files stay as they are, because jobs
-    downstream may be reading them right now (relinking deletes and re-creates them)."""
-    from dvc.lock import LockError
-
-    for attempt in range(tries):
-        try:
-            with dvc_repo(root) as repo:
-                repo.commit(name, force=True, relink=False)
-            return
-        except LockError:  # someone runs dvc in this repo right now
-            if attempt == tries - 1:
-                raise
-            time.sleep(2.0)
-
 
 # ---- the re-attach state file
 
@@ -164,13 +85,6 @@ class JobsFile:
 
 
 # ---- submission
-
-
-def command_argv(cmd: str) -> list[str]:
-    """The stage command as argv: split it when that is exact, else run it with ``sh -c``."""
-    import shlex
-
-    return shlex.split(cmd) if not SHELL_CHARS & set(cmd) else ["/bin/sh", "-c", cmd]
 
 
 def _reattach(plan: StalePlan, jobs: JobsFile, folder: Path, fresh: set[str]) -> Tracked | None:
@@ -242,20 +156,13 @@ class Waiter:
         self.failed.append(row)
         console.print(log_tail(row.job), markup=False, highlight=False)
         console.print(f"[red]stage {row.stage}: SLURM job {row.job.job_id} ended {row.state}")
-        for name in self._downstream(row.stage):
+        for name in downstream_of(self.plans, row.stage):
             other = self.rows[name]
             if name in self.done:
                 continue
             cancel([other.job.job_id])
             self.done.add(name)
             other.state, other.note = "CANCELLED", f"upstream {row.stage} failed"
-
-    def _downstream(self, name: str) -> list[str]:
-        found: list[str] = []
-        for plan in self.plans:
-            if plan.name not in found and (name in plan.upstream or set(found) & set(plan.upstream)):
-                found.append(plan.name)
-        return found
 
     def error(self) -> SecvitError:
         first = self.failed[0]

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import subprocess
@@ -32,6 +33,20 @@ def make_project(dest: Path, repo_root: Path) -> Path:
 def secvit(project: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     """Run the `secvit` command line in ``project``."""
     return subprocess.run([SECVIT, *args], cwd=project, capture_output=True, text=True, **kwargs)
+
+
+def secvit_in_process(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """The `secvit` command line run inside this process (no interpreter start-up: for tests of many
+    error cases; :func:`secvit` runs the real command); the result as :func:`secvit` returns it."""
+    from typer.testing import CliRunner
+
+    from secvit.cli.main import app
+
+    with contextlib.chdir(project):
+        result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess([SECVIT, *args], result.exit_code, result.stdout, result.stderr)
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:

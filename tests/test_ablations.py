@@ -2,6 +2,7 @@
 against the paper, their runs in params.yaml, and a smoke pretraining run per family."""
 
 import json
+import shutil
 from functools import cache
 
 import pytest
@@ -194,7 +195,8 @@ def tiny_project(tmp_path_factory, repo_root):
     params["smoke"]["pretrain"]["epochs"] = 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert secvit(project, "data", "--profile", "smoke", "--dataset", "imagenet").returncode == 0
-    return project
+    yield project
+    shutil.rmtree(project, ignore_errors=True)
 
 
 @pytest.mark.slow

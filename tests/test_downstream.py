@@ -6,6 +6,7 @@ COCO / mIoU evaluation, tables) in the smoke DAG of test_pipeline.py.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,7 +215,8 @@ def project(tmp_path_factory, repo_root):
         result = secvit(project, "data", "--profile", "smoke", "--dataset", dataset)
         assert result.returncode == 0, result.stderr[-2000:]
     _save_weights(project / "runs/smoke/pretrain/secvit_tiny/best.pth")
-    return project
+    yield project
+    shutil.rmtree(project, ignore_errors=True)
 
 
 def _kill_after(project: Path, args: list[str], marker: Path, timeout: float = 300) -> None:

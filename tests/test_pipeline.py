@@ -1,6 +1,7 @@
 """The smoke DAG through real DVC in a temporary git repository."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -29,8 +30,9 @@ def smoke_repo(tmp_path_factory, repo_root):
     params["smoke"]["complexity"]["throughput_steps"] = 1
     params["smoke"]["data"]["generate"]["imagenet"]["train_per_class"] = 32
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    first = run(repo, "secvit", "repro", "all")
-    return repo, first
+    first = run(repo, "secvit", "repro", "all", "--jobs", "2")  # stages side by side (pipelines/dag.py)
+    yield repo, first
+    shutil.rmtree(repo, ignore_errors=True)  # gigabytes of checkpoints and DVC cache
 
 
 def test_repro_all_builds_tables_and_figures(smoke_repo):
@@ -126,9 +128,10 @@ def test_a_code_change_reruns_the_stages_that_run_it(smoke_repo):
 def test_second_run_does_nothing(smoke_repo):
     repo, _ = smoke_repo
     before = {p: p.stat().st_mtime_ns for p in (repo / "results/smoke").rglob("*") if p.is_file()}
-    again = run(repo, "secvit", "repro", "all")
-    assert "Running stage" not in again.stdout
-    assert "Data and pipelines are up to date" in again.stdout
+    for jobs in ("1", "2"):  # plain `dvc repro`, and the parallel runner
+        again = run(repo, "secvit", "repro", "all", "--jobs", jobs)
+        assert "Running stage" not in again.stdout and "started" not in again.stderr
+        assert "Data and pipelines are up to date" in again.stdout
     assert before == {p: p.stat().st_mtime_ns for p in (repo / "results/smoke").rglob("*") if p.is_file()}
 
 

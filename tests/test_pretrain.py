@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,7 +109,8 @@ def smoke(tmp_path_factory, repo_root):
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     result = secvit(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny")
     assert result.returncode == 0, result.stderr[-2000:]
-    return project
+    yield project
+    shutil.rmtree(project, ignore_errors=True)
 
 
 def _metrics(project: Path, run: str = "secvit_tiny") -> dict:

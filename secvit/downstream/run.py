@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from secvit.engine.distributed import launched_world_size
 from secvit.errors import SecvitError
 
 __all__ = [
@@ -173,7 +174,7 @@ def prepare_config(
     if classes is not None:
         _set_classes(cfg, classes)
     _apply_schedule(cfg, schedule or Schedule())
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = (launched_world_size() or 1) > 1
     cfg.launcher = "pytorch" if distributed else "none"
     if not torch.cuda.is_available():
         cfg.env_cfg.dist_cfg = dict(backend="gloo")

@@ -25,12 +25,18 @@ class DistEnv:
         return self.world_size > 1
 
 
+def launched_world_size() -> int | None:
+    """The world size a launcher (torchrun, elastic launch, SLURM tasks) gave this process, None if none did."""
+    raw = os.environ.get("WORLD_SIZE")
+    return None if raw is None else int(raw)
+
+
 def init_distributed() -> DistEnv:
     """Join the process group described by RANK/WORLD_SIZE/LOCAL_RANK (one process per GPU).
 
     Without those variables this is a single process on one GPU if available, else the CPU.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size() or 1
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():

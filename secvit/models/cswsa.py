@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 import torch.fx
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from secvit.models.seca import DepthwiseConv, PointwiseConv, attend, rotate_packed
+from secvit.models.seca import RotaryAttention, attend
 
 __all__ = ["CSWSA", "STRIPES", "cross_shaped_attention"]
 
@@ -73,38 +73,21 @@ def cross_shaped_attention(qkv: Tensor, stripe: int) -> Tensor:
 
 
 torch.fx.wrap("cross_shaped_attention")
-torch.fx.wrap("rotate_packed")  # fx wraps per module: seca.py's wrap covers only its own calls
 
 
-class CSWSA(nn.Module):
-    """Cross-shaped window self-attention with SECA's projections, on channels-last maps (B, H, W, C).
-
-    Same parameters and calling convention as :class:`secvit.models.seca.SECA` (``tables`` from
-    :meth:`RotaryEmbedding2d.qkv_tables`), so it drops into a SecViT block in its place.
-    """
+class CSWSA(RotaryAttention):
+    """Cross-shaped window self-attention in SECA's frame (:class:`~secvit.models.seca.RotaryAttention`):
+    same parameters and calling convention as SECA, so it drops into a SecViT block in its place."""
 
     def __init__(self, dim: int, num_heads: int, stripe: int, lce: bool = True) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         if stripe < 1:
             raise ValueError(f"stripe width must be positive, got {stripe}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        super().__init__(dim, num_heads, lce)
         self.stripe = stripe
-        self.scale = self.head_dim**-0.5
-        self.qkv = PointwiseConv(dim, dim * 3)
-        self.lce = DepthwiseConv(dim, 5) if lce else None
-        self.proj = PointwiseConv(dim, dim)
 
-    def forward(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        bsz, height, width, dim = x.shape
-        qkv = self.qkv(x)
-        packed = rotate_packed(qkv.view(bsz, height * width, 3, self.num_heads, self.head_dim), tables)
-        out = cross_shaped_attention(packed.view(bsz, height, width, 3, self.num_heads, self.head_dim), self.stripe)
-        if self.lce is not None:
-            out = out + self.lce(qkv[..., 2 * dim :])
-        return self.proj(out)
+    def mix_tokens(self, packed: Tensor, height: int, width: int) -> Tensor:
+        grid = packed.reshape(packed.shape[0], height, width, 3, self.num_heads, self.head_dim)
+        return cross_shaped_attention(grid, self.stripe)
 
     def cluster_assignment(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """Stripe index of every token, per head: (B, heads, H, W) (rows for the horizontal heads)."""

@@ -349,22 +349,19 @@ class DepthwiseConv(nn.Conv2d):
         return x.permute(0, 2, 3, 1)
 
 
-class SECA(nn.Module):
-    """Semantic Equitable Clustering self-attention on channels-last maps (B, H, W, C).
-
-    out = proj(attention(q, k, v) + lce(v)), with 2-D rotary embedding on q and k
+class RotaryAttention(nn.Module):
+    """The frame of SECA and of the attentions that table 6 puts in its place, on channels-last
+    maps (B, H, W, C): out = proj(mix(q, k, v) + lce(v)), with 2-D rotary embedding on q and k
     and a 5x5 depthwise "local context enhancement" (LCE) on v; ``lce=False`` (table 6's
-    "w/o LCE" ablation) leaves it out: out = proj(attention(q, k, v)).
+    "w/o LCE" ablation) leaves it out. Subclasses define the token mixing, :meth:`mix_tokens`.
     """
 
-    def __init__(self, dim: int, num_heads: int, num_clusters: int, reference: bool = False, lce: bool = True) -> None:
+    def __init__(self, dim: int, num_heads: int, lce: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.num_clusters = num_clusters
-        self.reference = reference
         self.scale = self.head_dim**-0.5
         self.qkv = PointwiseConv(dim, dim * 3)
         self.lce = DepthwiseConv(dim, 5) if lce else None
@@ -378,18 +375,33 @@ class SECA(nn.Module):
         packed = qkv.view(bsz, height * width, 3, self.num_heads, self.head_dim)
         return qkv, rotate_packed(packed, tables, reuse=True)  # v of qkv stays as it is
 
+    def mix_tokens(self, packed: Tensor, height: int, width: int) -> Tensor:
+        """Attention of the packed q/k/v ``(B, N, 3, heads, d)``, k scaled: B*N*C values, token-major, heads in order."""
+        raise NotImplementedError
+
     def forward(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """``tables``: :meth:`RotaryEmbedding2d.qkv_tables` for this map and head dim."""
         bsz, height, width, dim = x.shape
         qkv, packed = self._packed(x, tables)
-        if self.reference:
-            out = seca_reference(*unpack_qkv(packed), self.num_clusters).transpose(1, 2)
-        else:
-            out = seca_fast(packed, self.num_clusters)
-        out = out.reshape(bsz, height, width, dim)
+        out = self.mix_tokens(packed, height, width).reshape(bsz, height, width, dim)
         if self.lce is not None:
             out = out + self.lce(qkv[..., 2 * dim :])
         return self.proj(out)
+
+
+class SECA(RotaryAttention):
+    """Semantic Equitable Clustering self-attention (:class:`RotaryAttention` mixing tokens within
+    ``num_clusters`` equal clusters of semantically ordered tokens); ``reference`` selects the readable path."""
+
+    def __init__(self, dim: int, num_heads: int, num_clusters: int, reference: bool = False, lce: bool = True) -> None:
+        super().__init__(dim, num_heads, lce)
+        self.num_clusters = num_clusters
+        self.reference = reference
+
+    def mix_tokens(self, packed: Tensor, height: int, width: int) -> Tensor:
+        if self.reference:
+            return seca_reference(*unpack_qkv(packed), self.num_clusters).transpose(1, 2)
+        return seca_fast(packed, self.num_clusters)
 
     def cluster_assignment(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """Cluster index of every token, per head: (B, heads, H, W). For visualisation."""
