@@ -160,7 +160,7 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
         log = path.open("w")
         process = subprocess.Popen(command_argv(plan.cmd), cwd=root / plan.wdir, env=env, stdout=log, stderr=subprocess.STDOUT)
         running[plan.name] = _Running(plan, process, log, path)
-        console.print(f"[cyan]started[/] {plan.name}  [dim]({path})")
+        console.print(f"[cyan]started[/] {plan.name}", f"[dim]({os.path.relpath(path)})", soft_wrap=True)
 
     def finish(name: str, returncode: int) -> None:
         run = running.pop(name)
@@ -202,7 +202,7 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
                     f"{len(committed)}/{len(plans)} stages done, running: {', '.join(running) or '-'} "
                     f"({time.monotonic() - began:.0f} s)"
                 )
-                time.sleep(0.2)
+                time.sleep(0.5)
     except KeyboardInterrupt:
         for run in running.values():
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -16,7 +16,7 @@ fi
 
 torch_pin=$(grep -E '^torch==' requirements.lock | cut -d= -f3)
 wheel_dir=${SECVIT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secvit/wheels}/torch-$torch_pin-cp311
-stamp=$(cat requirements.lock pyproject.toml scripts/build_mmcv.sh | sha256sum | cut -c1-16)
+stamp=$(cat requirements.lock pyproject.toml scripts/env.sh scripts/build_mmcv.sh | sha256sum | cut -c1-16)
 
 if [ -f .venv/.secvit-env ] && [ "$(cat .venv/.secvit-env)" = "$stamp" ]; then
   exit 0
@@ -25,13 +25,16 @@ fi
 .venv/bin/python -m pip install -q "uv==$UV_VERSION"
 uv=.venv/bin/uv
 echo "secvit: installing pinned packages into .venv" >&2
-"$uv" pip install -q --python .venv/bin/python -r requirements.lock
+# --compile-bytecode: write every module's bytecode now. Where PYTHONDONTWRITEBYTECODE is set (as on
+# this project's machines) Python never caches it, and each process would compile torch, timm, mmdet
+# and their imports from source again: `import secvit.cli.main` took 11 s instead of 4.6 s on 2 cores.
+"$uv" pip install -q --python .venv/bin/python --compile-bytecode -r requirements.lock
 
 mmcv_wheel=$(ls "$wheel_dir"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)
 if [ -z "$mmcv_wheel" ]; then
   echo "secvit: building mmcv $MMCV_VERSION with CPU ops (once per machine, ~15 min on 2 cores)" >&2
   mmcv_wheel=$(scripts/build_mmcv.sh "$wheel_dir" | tail -n1)
 fi
-"$uv" pip install -q --python .venv/bin/python --no-deps "$mmcv_wheel"
-"$uv" pip install -q --python .venv/bin/python --no-deps -e .
+"$uv" pip install -q --python .venv/bin/python --compile-bytecode --no-deps "$mmcv_wheel"
+"$uv" pip install -q --python .venv/bin/python --compile-bytecode --no-deps -e .
 echo "$stamp" > .venv/.secvit-env
