@@ -154,6 +154,12 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
     failed: list[str] = []
     skipped: set[str] = set()
     began = time.monotonic()
+    downstream = {p.name: len(downstream_of(plans, p.name)) for p in plans}
+
+    def priority(plan: StalePlan) -> tuple[bool, int]:
+        """Stages that wait on nothing first (a long independent stage, such as complexity, then
+        overlaps the rest instead of running alone at the end), then those that more stages wait on."""
+        return bool(plan.upstream), -downstream[plan.name]
 
     def start(plan: StalePlan) -> None:
         path = logs / f"{plan.name}.log"
@@ -188,12 +194,10 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
     try:
         with console.status("") as status:
             while pending or running:
-                for plan in list(pending):
-                    if len(running) >= jobs:
-                        break
-                    if all(u in committed for u in plan.upstream):
-                        pending.remove(plan)
-                        start(plan)
+                ready = sorted((p for p in pending if all(u in committed for u in p.upstream)), key=priority)
+                for plan in ready[: jobs - len(running)]:
+                    pending.remove(plan)
+                    start(plan)
                 for name, run in list(running.items()):
                     code = run.process.poll()
                     if code is not None:
