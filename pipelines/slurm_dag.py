@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any

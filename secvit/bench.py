@@ -188,12 +188,13 @@ class SecaShape:
 
 def seca_shapes(model: str = "secvit_small", img_size: int = 224) -> list[SecaShape]:
     """The SECA shapes of ``model``'s four stages at ``img_size``."""
-    from secvit.models.secvit import VARIANTS, _stage_size
+    from secvit.models.secvit import VARIANTS
+    from secvit.models.staged import stage_side
 
     arch = VARIANTS[model]
     shapes = []
     for i, (width, heads, clusters) in enumerate(zip(arch.widths, arch.heads, arch.clusters)):
-        side = _stage_size(img_size, i)
+        side = stage_side(img_size, i)
         shapes.append(SecaShape(i + 1, side * side, side, side, heads, width // heads, clusters))
     return shapes
 
@@ -387,7 +388,7 @@ def bench_models(
                 for key in results[name]
                 if key != "params"
             }
-    return {"batch": batch, "img_size": img_size, "rounds": rounds, "baseline": baseline, "models": results, f"ratio_vs_baseline": ratios}
+    return {"batch": batch, "img_size": img_size, "rounds": rounds, "baseline": baseline, "models": results, "ratio_vs_baseline": ratios}
 
 
 # ---------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def test_repro_all_fills_detection_and_segmentation(smoke_repo):
                 assert metrics["ap_l_b"] is None and 0 <= metrics["ap_s_b"] <= 100
             assert metrics["params_m"] > 10 and metrics["gflops"] > 10, key
             assert (repo / f"results/smoke/{task}/{key}/dvclive/plots/metrics/train/loss.tsv").is_file()
-            row = f"`secvit_tiny` (ours, not in the paper)"
+            row = "`secvit_tiny` (ours, not in the paper)"
             assert row in tables
     mask_1x = json.loads((repo / "results/smoke/detection/secvit_tiny-mask_rcnn-1x/metrics.json").read_text())
     assert f"47.7 / {mask_1x['ap_b']:.2f}" in tables  # the paper's SecViT-T row of table 4 holds our figure

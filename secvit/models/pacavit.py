@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from secvit.models.staged import ClassifierHead, StagedBackbone, init_weights
+from secvit.models.staged import ClassifierHead, StagedBackbone, build, imagenet_cfg, init_weights
 
 __all__ = ["PaCaViT", "VARIANTS"]
 
@@ -203,36 +203,17 @@ class PaCaViT(StagedBackbone):
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.conv1",
-        "classifier": "head.fc",
-        "paper_ids": "arXiv:2203.11987",
-        "paper_name": "PaCa-ViT: Learning Patch-to-Cluster Attention in Vision Transformers",
-        "origin_url": "https://github.com/iVMCL/PaCaViT",
-        **kwargs,
-    }
+    return imagenet_cfg(
+        "stem.conv1", 0.9, paper_ids="arXiv:2203.11987", paper_name="PaCa-ViT: Learning Patch-to-Cluster Attention in Vision Transformers",
+        origin_url="https://github.com/iVMCL/PaCaViT", **kwargs,
+    )
 
 
 default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> PaCaViT:
-    arch = VARIANTS[variant]
-    model_args = dict(
-        widths=arch.widths, depths=arch.depths, heads=arch.heads, clusters=arch.clusters, drop_path_rate=arch.drop_path_rate
-    )
-    model_args.update(kwargs)
-    return build_model_with_cfg(
-        PaCaViT, variant, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **model_args
-    )
+    return build(PaCaViT, variant, pretrained, VARIANTS[variant], **kwargs)
 
 
 @register_model

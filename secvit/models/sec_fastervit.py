@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from secvit.errors import SecvitError
 from secvit.models.seca import SECA, RotaryEmbedding2d
-from secvit.models.staged import ClassifierHead, StagedBackbone, init_weights, seca_attend
+from secvit.models.staged import ClassifierHead, SEC_PAPER, StagedBackbone, build, imagenet_cfg, init_weights, seca_attend
 
 __all__ = ["SecFasterViT", "VARIANTS"]
 
@@ -192,21 +192,7 @@ class SecFasterViT(StagedBackbone):
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.0",
-        "classifier": "head.fc",
-        "paper_ids": "arXiv:2405.13337",
-        "paper_name": "Semantic Equitable Clustering: A Simple, Fast and Effective Strategy for Vision Transformer",
-        **kwargs,
-    }
+    return imagenet_cfg(**{"first_conv": "stem.0", "crop_pct": 0.875, **SEC_PAPER, **kwargs})  # the baselines override
 
 
 # the unmodified FasterViT-0/1 baselines, built from the pinned ``fastervit`` package (see the end of the file)
@@ -233,19 +219,7 @@ default_cfgs = generate_default_cfgs(default_cfgs)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SecFasterViT:
-    arch = VARIANTS[variant]
-    model_args = dict(
-        dim=arch.dim,
-        in_dim=arch.in_dim,
-        depths=arch.depths,
-        heads=arch.heads,
-        clusters=arch.clusters,
-        drop_path_rate=arch.drop_path_rate,
-    )
-    model_args.update(kwargs)
-    return build_model_with_cfg(
-        SecFasterViT, variant, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **model_args
-    )
+    return build(SecFasterViT, variant, pretrained, VARIANTS[variant], **kwargs)
 
 
 @register_model

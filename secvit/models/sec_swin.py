@@ -28,12 +28,12 @@ import torch
 import torch.fx
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerNorm2d, Mlp
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.swin_transformer import PatchMerging
 from torch import Tensor, nn
 
 from secvit.models.seca import SECA, RotaryEmbedding2d
-from secvit.models.staged import ClassifierHead, StagedBackbone, init_weights, pad_to_multiple, seca_attend
+from secvit.models.staged import ClassifierHead, SEC_PAPER, StagedBackbone, build, imagenet_cfg, init_weights, pad_to_multiple, seca_attend
 
 __all__ = ["SecSwinBlock", "SecSwinTransformer"]
 
@@ -139,36 +139,14 @@ class SecSwinTransformer(StagedBackbone):
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "fixed_input_size": False,
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.proj",
-        "classifier": "head.fc",
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:2405.13337",
-        "paper_name": "Semantic Equitable Clustering: A Simple, Fast and Effective Strategy for Vision Transformer",
-        **kwargs,
-    }
+    return imagenet_cfg("stem.proj", 0.9, fixed_input_size=False, license="apache-2.0", **SEC_PAPER, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({"sec_swin_tiny.in1k": _cfg(), "sec_swin_small.in1k": _cfg()})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SecSwinTransformer:
-    return build_model_with_cfg(
-        SecSwinTransformer,
-        variant,
-        pretrained,
-        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
-        **kwargs,
-    )
+    return build(SecSwinTransformer, variant, pretrained, **kwargs)
 
 
 @register_model

@@ -18,7 +18,6 @@ the released architecture.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 
@@ -26,14 +25,14 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, LayerScale, SelectAdaptivePool2d, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
+from timm.layers import DropPath, LayerScale
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
 from secvit.errors import SecvitError
 from secvit.models.cswsa import CSWSA, STRIPES
 from secvit.models.seca import SECA, DepthwiseConv, PointwiseConv, RotaryEmbedding2d, linear_gelu
+from secvit.models.staged import SEC_PAPER, StagedBackbone, build, imagenet_cfg, init_weights, pool_layer
 from secvit.models.variants import VARIANTS  # plain data, shared with secvit.tables
 
 torch.fx.wrap("linear_gelu")  # one opaque call when tracing ConvFFN (it branches on dtype and grad mode)
@@ -46,50 +45,10 @@ def _conv_bn(cin: int, cout: int, stride: int, act: bool) -> nn.Sequential:
     return nn.Sequential(*layers, nn.GELU()) if act else nn.Sequential(*layers)
 
 
-def _stage_size(size: int, stage: int) -> int:
-    """Feature-map side length at ``stage`` for an input side of ``size`` (stride-2 convs, padding 1)."""
-    for _ in range(stage + 2):
-        size = math.ceil(size / 2)
-    return size
-
-
-def _min_input_size(clusters: tuple[int, ...]) -> int:
-    """Smallest square input whose every stage has at least one token per cluster."""
-    size = 1
-    while any(_stage_size(size, i) ** 2 < c for i, c in enumerate(clusters)):
-        size += 1
-    return size
-
-
-@torch.fx.wrap
-def _check_input(x: Tensor, in_chans: int, clusters: tuple[int, ...]) -> Tensor:
-    """Return ``x`` unchanged, or raise a one-line :class:`SecvitError` saying what is wrong with it.
-
-    Wrapped for torch.fx: tracing records one opaque call (kept in the graph because
-    its result feeds the stem) instead of failing on Python control flow over shapes.
-    """
-    if x.ndim != 4 or x.shape[1] != in_chans:
-        shape = "x".join(map(str, x.shape))
-        raise SecvitError(
-            f"expected a batch of {in_chans}-channel (RGB) images shaped (B, {in_chans}, H, W), "
-            f"got {shape}; convert images to RGB first"
-        )
-    height, width = x.shape[-2:]
-    for i, stage_clusters in enumerate(clusters):
-        tokens = _stage_size(height, i) * _stage_size(width, i)
-        if tokens < stage_clusters:
-            size = _min_input_size(clusters)
-            raise SecvitError(
-                f"input {height}x{width} is too small: stage {i + 1} would have {tokens} tokens for "
-                f"{stage_clusters} clusters; use images of at least {size}x{size}"
-            )
-    return x
-
-
 class Stem(nn.Sequential):
-    """Stride-4 convolutional stem that also validates the input image."""
+    """Stride-4 convolutional stem: four 3x3 conv + BN (GELU after the first three), strides 2, 1, 1, 2."""
 
-    def __init__(self, in_chans: int, width: int, clusters: tuple[int, ...]) -> None:
+    def __init__(self, in_chans: int, width: int) -> None:
         half = width // 2
         super().__init__(
             _conv_bn(in_chans, half, 2, act=True),
@@ -97,18 +56,11 @@ class Stem(nn.Sequential):
             _conv_bn(half, half, 1, act=True),
             _conv_bn(half, width, 2, act=False),
         )
-        self.in_chans = in_chans
-        self.clusters = tuple(clusters)
-
-    def min_size(self) -> int:
-        """Smallest square input whose every stage has at least one token per cluster."""
-        return _min_input_size(self.clusters)
 
     def forward(self, x: Tensor) -> Tensor:
         # channels-last memory: oneDNN's convolutions are faster on it, and stage 1 then
         # takes the stem's output as its channels-last map without a copy
-        x = _check_input(x, self.in_chans, self.clusters).contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last))
 
 
 @torch.fx.wrap
@@ -135,22 +87,13 @@ class PatchEmbed(nn.Sequential):
 class PatchStem(nn.Sequential):
     """Table 6's "w/o Conv Stem": a 4x4 stride-4 :class:`PatchEmbed` in place of the conv stem.
 
-    Same input validation as :class:`Stem`; ``stem.0.0`` is the first conv in both. The
-    ablation also turns the 3x3 stride-2 convs between stages into 2x2 patch merging (see
-    :class:`SecViT`). BN as between the stages (the paper does not say which norm it used).
+    ``stem.0.0`` is the first conv as in :class:`Stem`. The ablation also turns the 3x3
+    stride-2 convs between stages into 2x2 patch merging (see :class:`SecViT`). BN as between
+    the stages (the paper does not say which norm it used).
     """
 
-    def __init__(self, in_chans: int, width: int, clusters: tuple[int, ...]) -> None:
+    def __init__(self, in_chans: int, width: int) -> None:
         super().__init__(PatchEmbed(in_chans, width, 4))
-        self.in_chans = in_chans
-        self.clusters = tuple(clusters)
-
-    def min_size(self) -> int:
-        """Smallest square input whose every stage has at least one token per cluster."""
-        return _min_input_size(self.clusters)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(_check_input(x, self.in_chans, self.clusters))
 
 
 class ConvFFN(nn.Module):
@@ -259,15 +202,6 @@ class SecStage(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-POOL_TYPES = ("avg", "max", "avgmax", "")
-
-
-def _global_pool(pool_type: str) -> SelectAdaptivePool2d:
-    if pool_type not in POOL_TYPES:
-        raise ValueError(f"global_pool must be one of {POOL_TYPES} ('' = no pooling), got {pool_type!r}")
-    return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
-
-
 class ClassifierHead(nn.Module):
     """1x1 conv to ``hidden`` channels, BN, Swish, global pool, dropout, linear classifier.
 
@@ -281,7 +215,7 @@ class ClassifierHead(nn.Module):
         self.proj = nn.Conv2d(in_dim, hidden, 1)
         self.norm = nn.BatchNorm2d(hidden)
         self.act = nn.SiLU()
-        self.pool = _global_pool(pool_type)
+        self.pool = pool_layer(pool_type)
         self.drop = nn.Dropout(drop_rate)
         self.in_features = hidden
         self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
@@ -289,7 +223,7 @@ class ClassifierHead(nn.Module):
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
         """New classifier for ``num_classes`` (0: none) and, unless None, a new pooling type."""
         if pool_type is not None:
-            self.pool = _global_pool(pool_type)
+            self.pool = pool_layer(pool_type)
         self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def remove_projection(self, in_dim: int) -> None:
@@ -309,7 +243,7 @@ class ClassifierHead(nn.Module):
 ATTENTIONS = ("seca", "cswsa")
 
 
-class SecViT(nn.Module):
+class SecViT(StagedBackbone):
     """SecViT backbone and classifier (timm interface).
 
     Ablation options (table 6; the defaults are the released model): ``attention`` ``"seca"``
@@ -319,6 +253,9 @@ class SecViT(nn.Module):
     embedding: :class:`PatchStem` (4x4, stride 4) and 2x2 stride-2 patch merging between the
     stages (Swin-style). Only this reading gives table 6's 14M params and 2.1 GFLOPs for
     SecViT-T; replacing the stem alone gives 14.95M and 2.22G.
+
+    timm's classifier and feature interface (``forward_intermediates``, ``reset_classifier``,
+    input checks, ...) come from :class:`~secvit.models.staged.StagedBackbone`.
     """
 
     def __init__(
@@ -348,8 +285,9 @@ class SecViT(nn.Module):
         self.num_features = widths[-1]
         self.head_hidden_size = head_hidden_size
         cross = attention == "cswsa"
+        self.in_chans = in_chans
         self.clusters = tuple(1 for _ in widths) if cross else tuple(clusters)
-        self.stem = (Stem if conv_stem else PatchStem)(in_chans, widths[0], self.clusters)
+        self.stem = (Stem if conv_stem else PatchStem)(in_chans, widths[0])
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, start = [], 0
         self.feature_info = []
@@ -374,112 +312,11 @@ class SecViT(nn.Module):
             self.feature_info.append(dict(num_chs=width, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.head = ClassifierHead(widths[-1], head_hidden_size, num_classes, drop_rate, global_pool)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            trunc_normal_(module.weight, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+        self.apply(init_weights)
 
     @torch.jit.ignore
     def no_weight_decay_keywords(self) -> set[str]:
         return {"gamma"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        return dict(
-            stem=r"^stem",
-            blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None)],
-        )
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the classifier (``num_classes=0``: none, forward returns pooled features).
-
-        ``global_pool``: None keeps the pooling, one of ``"avg"``, ``"max"``, ``"avgmax"``
-        selects it, ``""`` disables it (forward then returns (B, head_hidden_size, H, W)
-        maps, or per-position logits when ``num_classes > 0``).
-        """
-        self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
-
-    def forward_intermediates(
-        self,
-        x: Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-        """Stage outputs (NCHW, strides 4, 8, 16, 32) alongside the final features.
-
-        Args:
-            indices: stages to return: None = all four, an int n = the last n, a list = those
-                stages (negative counts from the end).
-            norm: accepted for timm compatibility; SecViT has no norm between the stages and
-                the head, so it changes nothing.
-            stop_early: stop after the last requested stage (the final features are then that
-                stage's output).
-            output_fmt: only ``"NCHW"``.
-            intermediates_only: return only the list of intermediates.
-
-        Returns:
-            ``intermediates`` if ``intermediates_only``, else ``(final features, intermediates)``
-            where the final features are what :meth:`forward_features` returns.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"SecViT intermediates are NCHW only, got output_fmt={output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
-        intermediates = []
-        x = self.stem(x)
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self,
-        indices: int | list[int] | tuple[int, ...] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> list[int]:
-        """Drop the stages after the last of ``indices`` (and, with ``prune_head``, the head).
-
-        Returns the absolute stage indices. After pruning the head, :meth:`forward` returns
-        the last kept stage's (B, C, H, W) output; ``num_features`` is that stage's width.
-        ``prune_norm`` changes nothing (there is no final norm).
-        """
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[: max_index + 1]
-        if prune_head:
-            self.head.remove_projection(self.feature_info[max_index]["num_chs"])
-            self.reset_classifier(0, "")
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        return take_indices
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
-
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # ---------------------------------------------------------------------------
@@ -560,49 +397,16 @@ def _variant_of(model: SecViT) -> str:
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.0.0",
-        "classifier": "head.fc",
-        "license": "apache-2.0",
-        "paper_ids": "arXiv:2405.13337",
-        "paper_name": "Semantic Equitable Clustering: A Simple, Fast and Effective Strategy for Vision Transformer",
-        "origin_url": "https://github.com/qhfan/SecViT",
-        **kwargs,
-    }
+    return imagenet_cfg("stem.0.0", 0.875, license="apache-2.0", origin_url="https://github.com/qhfan/SecViT", **SEC_PAPER, **kwargs)
 
 
 default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SecViT:
-    arch = VARIANTS[variant]
-    model_args = dict(
-        widths=arch.widths,
-        depths=arch.depths,
-        heads=arch.heads,
-        clusters=arch.clusters,
-        layer_scale_stages=arch.layer_scale_stages,
-        drop_path_rate=arch.drop_path_rate,
-    )
-    model_args.update(kwargs)
-    return build_model_with_cfg(
-        SecViT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        # features_only: FeatureGetterNet over forward_intermediates (pruned to the last
-        # requested stage, input validation kept); feature_cls="fx" also works.
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **model_args,
-    )
+    # features_only: FeatureGetterNet over forward_intermediates (pruned to the last requested stage,
+    # input validation kept); feature_cls="fx" also works
+    return build(SecViT, variant, pretrained, VARIANTS[variant], pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 @register_model

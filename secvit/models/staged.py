@@ -26,17 +26,21 @@ registers it with ``torch.fx.wrap``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import SelectAdaptivePool2d, trunc_normal_
+from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from secvit.errors import SecvitError
 from secvit.models.seca import SECA, RotaryEmbedding2d
 
-__all__ = ["ClassifierHead", "StagedBackbone", "check_image", "init_weights", "pad_to_multiple", "seca_attend"]
+__all__ = ["SEC_PAPER", "ClassifierHead", "StagedBackbone", "build", "check_image", "imagenet_cfg", "init_weights", "pad_to_multiple", "pool_layer", "seca_attend", "stage_side"]
 
 
 def seca_attend(attn: SECA, rope: RotaryEmbedding2d, x: Tensor, channels_last: bool = False) -> Tensor:
@@ -56,7 +60,7 @@ def seca_attend(attn: SECA, rope: RotaryEmbedding2d, x: Tensor, channels_last: b
     return out.permute(0, 2, 3, 1) if channels_last else out
 
 
-def _stage_side(size: int, stage: int) -> int:
+def stage_side(size: int, stage: int) -> int:
     """Side of stage ``stage``'s map (stride 4, then halving with rounding up) for an input side ``size``."""
     return math.ceil(size / 2 ** (stage + 2))
 
@@ -76,10 +80,10 @@ def check_image(x: Tensor, in_chans: int, clusters: tuple[int, ...]) -> Tensor:
         )
     height, width = x.shape[-2:]
     for i, count in enumerate(clusters):
-        tokens = _stage_side(height, i) * _stage_side(width, i)
+        tokens = stage_side(height, i) * stage_side(width, i)
         if tokens < count:
             side = 1
-            while any(_stage_side(side, j) ** 2 < c for j, c in enumerate(clusters)):
+            while any(stage_side(side, j) ** 2 < c for j, c in enumerate(clusters)):
                 side += 1
             raise SecvitError(
                 f"input {height}x{width} is too small: stage {i + 1} would have {tokens} tokens for {count} "
@@ -95,6 +99,37 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return nn.functional.pad(x, (0, pad_w, 0, pad_h))
 
 
+SEC_PAPER = {
+    "paper_ids": "arXiv:2405.13337",
+    "paper_name": "Semantic Equitable Clustering: A Simple, Fast and Effective Strategy for Vision Transformer",
+}
+
+
+def imagenet_cfg(first_conv: str, crop_pct: float, **kwargs) -> dict:
+    """timm's ``pretrained_cfg`` of an ImageNet-1k classifier of ours at 224x224 (stride 32, ``head.fc``);
+    ``kwargs`` add to it or override (paper and origin fields)."""
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": crop_pct,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": first_conv,
+        "classifier": "head.fc",
+        **kwargs,
+    }
+
+
+def build(cls: type[nn.Module], variant: str, pretrained: bool, arch: Any = None, **kwargs: Any) -> nn.Module:
+    """``cls`` built through timm for ``variant`` from the fields of its ``arch`` dataclass (constructor
+    arguments of the same names; ``kwargs`` override them), ``features_only`` giving the four stage maps."""
+    args = {**(dataclasses.asdict(arch) if arch is not None else {}), **kwargs}
+    return build_model_with_cfg(cls, variant, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **args)
+
+
 def init_weights(module: nn.Module) -> None:
     """trunc_normal(0.02) for every linear and convolution weight, zero biases."""
     if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -106,7 +141,8 @@ def init_weights(module: nn.Module) -> None:
 POOL_TYPES = ("avg", "max", "avgmax", "")
 
 
-def _global_pool(pool_type: str) -> SelectAdaptivePool2d:
+def pool_layer(pool_type: str) -> SelectAdaptivePool2d:
+    """timm's global pooling of ``pool_type`` ('' = none: the map passes through unflattened)."""
     if pool_type not in POOL_TYPES:
         raise ValueError(f"global_pool must be one of {POOL_TYPES} ('' = no pooling), got {pool_type!r}")
     return SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
@@ -129,14 +165,14 @@ class ClassifierHead(nn.Module):
         else:
             self.pre = nn.Identity()
         self.num_features = hidden or in_dim
-        self.pool = _global_pool(pool_type)
+        self.pool = pool_layer(pool_type)
         self.drop = nn.Dropout(drop_rate)
         self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
         """New classifier for ``num_classes`` (0: none) and, unless None, a new pooling type."""
         if pool_type is not None:
-            self.pool = _global_pool(pool_type)
+            self.pool = pool_layer(pool_type)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def remove_projection(self, in_dim: int) -> None:

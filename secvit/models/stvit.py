@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-from secvit.models.staged import ClassifierHead, StagedBackbone, init_weights, pad_to_multiple
+from secvit.models.staged import ClassifierHead, StagedBackbone, build, imagenet_cfg, init_weights, pad_to_multiple
 
 __all__ = ["STViT", "VARIANTS"]
 
@@ -223,41 +223,17 @@ class STViT(StagedBackbone):
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.9,
-        "interpolation": "bicubic",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "first_conv": "stem.0",
-        "classifier": "head.fc",
-        "paper_ids": "arXiv:2211.11167",
-        "paper_name": "Vision Transformer with Super Token Sampling",
-        "origin_url": "https://github.com/hhb072/STViT",
-        **kwargs,
-    }
+    return imagenet_cfg(
+        "stem.0", 0.9, paper_ids="arXiv:2211.11167", paper_name="Vision Transformer with Super Token Sampling",
+        origin_url="https://github.com/hhb072/STViT", **kwargs,
+    )
 
 
 default_cfgs = generate_default_cfgs({f"{name}.in1k": _cfg() for name in VARIANTS})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> STViT:
-    arch = VARIANTS[variant]
-    model_args = dict(
-        widths=arch.widths,
-        depths=arch.depths,
-        heads=arch.heads,
-        cell_sizes=arch.cell_sizes,
-        layer_scale_stages=arch.layer_scale_stages,
-        drop_path_rate=arch.drop_path_rate,
-    )
-    model_args.update(kwargs)
-    return build_model_with_cfg(
-        STViT, variant, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **model_args
-    )
+    return build(STViT, variant, pretrained, VARIANTS[variant], **kwargs)
 
 
 @register_model
