@@ -92,4 +92,5 @@ def run_stage(command: str, fn: Callable[..., T], executor: str | None, **option
     if use_slurm(executor):
         run_on_slurm(command, options, options["profile"], options["params"])
         return None
-    return per_device(functools.partial(fn, **options))
+    # the launcher names processes after the function: a partial carries fn's name
+    return per_device(functools.update_wrapper(functools.partial(fn, **options), fn))
