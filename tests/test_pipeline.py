@@ -38,6 +38,8 @@ def smoke_repo(tmp_path_factory, repo_root):
 def test_repro_all_builds_tables_and_figures(smoke_repo):
     repo, first = smoke_repo
     assert "results/smoke/tables.md" in first.stdout + first.stderr
+    events = [line.split()[0] for line in first.stderr.splitlines() if line.startswith(("started ", "done "))]
+    assert events[:2] == ["started", "started"] and events.count("done") == events.count("started")  # 2 side by side
     tables = (repo / "results/smoke/tables.md").read_text()
     assert (repo / "results/tables.md").read_text() == tables  # the pointer to the profile just built
     assert (repo / "results/plots/clusters.png").exists()
