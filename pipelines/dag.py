@@ -14,7 +14,6 @@ import contextlib
 import os
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from secvit.errors import SecvitError
+from secvit.pipelines.slurm import stage_env
 
 SHELL_CHARS = set(";&|<>$`\\\"'*?(){}[]~#\n")
 
@@ -128,7 +128,7 @@ class _Running:
 
 def _tail(path: Path, lines: int = 25) -> str:
     text = path.read_text(errors="replace").replace("\r", "\n").splitlines()
-    return "\n".join(line for line in text[-lines:])
+    return "\n".join(text[-lines:])
 
 
 def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> None:
@@ -145,8 +145,7 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
 
     console = Console(stderr=True, highlight=False)
     logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages call this secvit
+    env = stage_env()
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     pending = list(plans)
     running: dict[str, _Running] = {}
@@ -186,9 +185,7 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
             console.print(_tail(run.path), markup=False)
             console.print(f"[red]stage {name} failed[/] (exit {returncode}) after {seconds:.0f} s; log: {run.path}")
             failed.append(name)
-        for other in downstream_of(plans, name):
-            if other not in skipped:
-                skipped.add(other)
+        skipped.update(downstream_of(plans, name))
         pending[:] = [p for p in pending if p.name not in skipped]
 
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from secvit.errors import SecvitError
 from secvit.params import check_profile
+from secvit.pipelines.slurm import stage_env
 
 
 def targets(profile: str) -> list[str]:
@@ -44,21 +45,21 @@ def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None) -
     profile's targets; more: that many stages side by side (:func:`secvit.pipelines.dag.run_parallel`)."""
     check_profile(profile)
     check_repo(root)
-    jobs = default_jobs() if jobs is None else jobs
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise SecvitError(f"--jobs must be at least 1, got {jobs}")
-    if jobs > 1:
+    if jobs != 1:
         from secvit.pipelines.dag import run_parallel, stale_stages
 
-        plans = stale_stages(root.resolve(), targets(profile))
-        if plans:
-            run_parallel(root.resolve(), plans, jobs, root.resolve() / "runs" / profile / "logs")
-        else:
+        project = root.resolve()
+        plans = stale_stages(project, targets(profile))
+        if not plans:
             print(f"Data and pipelines are up to date: nothing is stale upstream of {', '.join(targets(profile))}")
-        return root / "results" / profile / "tables.md"
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stages call this secvit
-    result = subprocess.run([dvc_executable(), "repro", *targets(profile)], cwd=root, env=env)
+            return root / "results" / profile / "tables.md"
+        jobs = jobs or default_jobs()  # only now: deciding imports torch
+        if jobs > 1:
+            run_parallel(project, plans, jobs, project / "runs" / profile / "logs")
+            return root / "results" / profile / "tables.md"
+    result = subprocess.run([dvc_executable(), "repro", *targets(profile)], cwd=root, env=stage_env())
     if result.returncode != 0:
         raise SecvitError(f"dvc repro failed (exit {result.returncode}); the failing stage's output is above")
     return root / "results" / profile / "tables.md"

@@ -49,6 +49,14 @@ EXECUTOR_VAR = "SECVIT_EXECUTOR"  # the executor of stage commands run without -
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def stage_env() -> dict[str, str]:
+    """This process's environment with its interpreter's bin/ first on PATH, so that stage commands
+    (here, in a SLURM job, or side by side: ``secvit.pipelines.dag``) run this secvit and this dvc."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 @dataclass
 class SlurmConfig:
     """The ``slurm:`` section of params.yaml; ``stages`` overrides settings per stage kind."""
@@ -187,9 +195,8 @@ class StageJob:
         else:
             for name in DIST_VARS:
                 os.environ.pop(name, None)
-        env = dict(os.environ)
+        env = stage_env()
         env[EXECUTOR_VAR] = "local"  # the stage runs here, in this job: never as a job of its own
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
         if "SLURM_CPUS_PER_TASK" in env:
             env.setdefault("OMP_NUM_THREADS", env["SLURM_CPUS_PER_TASK"])
