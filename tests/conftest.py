@@ -100,3 +100,15 @@ def scratch_repo(repo_root: Path, dest: Path, untracked: bool = False, params: d
     run(dest, "git", "add", "-A")
     run(dest, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch")
     return dest
+
+
+# Modules that run for minutes, longest first. scripts/test.sh hands whole modules to its workers in
+# collection order (--dist loadscope --no-loadscope-reorder), so these start at once, side by side, and the
+# short modules fill in around them; xdist's own order (most tests first) started them last, one worker
+# then finishing minutes after the other.
+LONG_MODULES = ["test_slurm.py", "test_pipeline.py", "test_downstream.py", "test_model_contract.py", "test_pretrain.py", "test_models.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_MODULES)))  # stable: a module's own order stays

@@ -4,6 +4,11 @@ Parametrized over ``available_models()``, so families registered later are cover
 automatically, and over the table-6 ablations of SecViT-T (``secvit_tiny+no_lce``: the model
 built with that ablation's options). Inputs are small (64x64: strides 4..32 give 16, 8, 4, 2) and each
 model is built once per session; tests that change a model work on a copy.
+
+As timm's own suite limits its costly tests (backward, torch.fx) by model size, the whole contract runs
+on :data:`FULL`: the smallest variant of each family (the bigger ones are the same classes at other widths
+and depths), SecViT-S and the ablations. Every variant gets construction, the default cfg at its input size,
+forward, and ``features_only``.
 """
 
 import copy
@@ -20,8 +25,26 @@ from secvit.errors import SecvitError
 from secvit.models import available_models
 from secvit.models.variants import ABLATIONS, ablation_options
 
-MODELS = available_models() + [f"secvit_tiny+{ablation}" for ablation in ABLATIONS]
+ABLATED = [f"secvit_tiny+{ablation}" for ablation in ABLATIONS]
+MODELS = available_models() + ABLATED
 SIZE = 64
+
+
+def _num_params(name: str) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in timm.create_model(name).parameters())
+
+
+def _smallest_of_each_family(names: list[str]) -> list[str]:
+    """The variant with the fewest parameters of each family (``secvit_tiny``: family ``secvit``)."""
+    families: dict[str, list[str]] = {}
+    for name in names:
+        families.setdefault(name.rsplit("_", 1)[0], []).append(name)
+    return sorted(min(group, key=_num_params) for group in families.values())
+
+
+FULL = sorted({*_smallest_of_each_family(available_models()), "secvit_small"}) + ABLATED
+full_contract = pytest.mark.parametrize("name", FULL)  # overrides the `name` fixture: these models only
 
 
 def _create(name: str, **kwargs) -> torch.nn.Module:
@@ -62,8 +85,12 @@ def _stage_infos(model) -> list[dict]:
 
 def test_every_model_is_covered():
     assert "secvit_tiny" in MODELS and len(MODELS) >= 4
+    families = {name.rsplit("_", 1)[0] for name in available_models()}
+    assert {name.rsplit("_", 1)[0] for name in FULL if "+" not in name} == families  # each family: the whole contract
+    assert {"secvit_tiny", "secvit_small", "sec_fastervit_0", "stvit_small", "pacavit_tiny"} <= set(FULL)
 
 
+@full_contract
 def test_forward_backward(model):
     model.reset_classifier(7)
     model.train()
@@ -116,6 +143,7 @@ def test_forward_features_and_head(model):
     assert logits.shape == (1, model.num_classes)
 
 
+@full_contract
 def test_reset_classifier(model):
     x = _x()
     with torch.no_grad():
@@ -146,6 +174,7 @@ def test_reset_classifier(model):
         model.reset_classifier(0, "catavgmax")
 
 
+@full_contract
 @pytest.mark.slow
 def test_no_classifier_no_pool_from_create_model(name):
     model = _create(name, num_classes=0, global_pool="").eval()
@@ -156,6 +185,7 @@ def test_no_classifier_no_pool_from_create_model(name):
     assert model.num_classes == 0
 
 
+@full_contract
 def test_forward_intermediates(model):
     x = _x(height=SIZE, width=96)
     infos = _stage_infos(model)
@@ -186,6 +216,7 @@ def test_forward_intermediates(model):
         model.forward_intermediates(x, indices=[4])
 
 
+@full_contract
 def test_forward_intermediates_with_grad_checkpointing(model):
     x = _x()
     with torch.no_grad():
@@ -196,6 +227,7 @@ def test_forward_intermediates_with_grad_checkpointing(model):
     got[0].mean().backward()
 
 
+@full_contract
 def test_prune_intermediate_layers(model):
     x = _x()
     with torch.no_grad():
@@ -213,6 +245,7 @@ def test_prune_intermediate_layers(model):
         assert model(x).shape == (1, 3)
 
 
+@full_contract
 def test_prune_keeps_head_when_asked(model):
     assert model.prune_intermediate_layers(2, prune_head=False) == [2, 3]
     assert len(model.stages) == 4
@@ -240,6 +273,7 @@ def test_features_only(name):
         feats(torch.randn(1, 1, SIZE, SIZE))
 
 
+@full_contract
 def test_features_only_prunes_unused_stages(name):
     feats = _create(name, features_only=True, out_indices=(0, 1))
     assert len(feats.model.stages) == 2 and isinstance(feats.model.head.fc, torch.nn.Identity)
@@ -256,6 +290,7 @@ def _assert_traced_matches(graph_module, model, x):
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+@full_contract
 def test_fx_symbolic_trace(model):
     traced = torch.fx.symbolic_trace(model)
     # two input sizes: the graph must not be specialised to one (72x56 needs padded clusters)
@@ -268,6 +303,7 @@ def test_fx_symbolic_trace(model):
             traced(torch.randn(1, 3, 8, 8))
 
 
+@full_contract
 @pytest.mark.slow
 def test_fx_feature_extractor(model):
     """timm's fx extractor: named stage outputs, and the features_only feature_cls='fx' wrapper."""
@@ -289,6 +325,7 @@ def test_fx_feature_extractor(model):
             graph_net(torch.randn(1, 3, 8, 8))
 
 
+@full_contract
 @pytest.mark.slow
 def test_features_only_fx_from_create_model(name):
     feats = _create(name, features_only=True, feature_cls="fx", out_indices=(1, 2)).eval()

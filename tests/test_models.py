@@ -28,15 +28,15 @@ def test_importing_secvit_registers_all_variants():
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
-def test_exact_parameter_counts_and_forward_224(name):
-    model = timm.create_model(name).eval()
+def test_exact_parameter_counts(name):
+    """(The forward pass at 224x224 of every variant: test_model_contract.py's default-cfg test.)"""
+    with torch.device("meta"):
+        model = timm.create_model(name)
     assert sum(p.numel() for p in model.parameters()) == PARAMS[name]
-    with torch.no_grad():
-        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
 
 
-# Input sizes whose token counts no stage's clusters divide (32, 8, 2): COCO's 800x1333 for the
-# small models, an odd 330x550 (83x138, 42x69, 21x35, 11x18 tokens) for the big ones, at a sixth of the cost.
+# Input sizes whose token counts no stage's clusters divide (32, 8, 2): COCO's 800x1333 for SecViT-T,
+# an odd 330x550 (83x138, 42x69, 21x35, 11x18 tokens) for the others, at a sixth of the cost.
 DETECTION_SIZES = {
     (800, 1333): [(200, 334), (100, 167), (50, 84), (25, 42)],
     (330, 550): [(83, 138), (42, 69), (21, 35), (11, 18)],
@@ -45,7 +45,7 @@ DETECTION_SIZES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name,size", [("secvit_tiny", (800, 1333)), ("secvit_small", (800, 1333)), ("secvit_base", (330, 550)), ("secvit_large", (330, 550))]
+    "name,size", [("secvit_tiny", (800, 1333)), ("secvit_small", (330, 550)), ("secvit_base", (330, 550)), ("secvit_large", (330, 550))]
 )
 def test_forward_at_detection_size(name, size):
     """Detection-sized inputs: no stage's token count is divisible by its clusters."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SECVIT, make_project, one_line_error, secvit
+from conftest import SECVIT, make_project, one_line_error, secvit, secvit_in_process
 
 from secvit.engine.config import PretrainConfig
 from secvit.errors import SecvitError
@@ -168,8 +168,8 @@ def test_evaluate_without_a_trained_run_is_one_line(tmp_path, repo_root):
 def test_unknown_model_is_reported_first(tmp_path, repo_root):
     """Before the recipe (no drop_path for it) and before the dataset (not generated here)."""
     project = make_project(tmp_path, repo_root)
-    for stage in ("pretrain", "evaluate"):
-        message = one_line_error(secvit(project, stage, "--profile", "smoke", "--model", "secvit_huge"))
+    for stage, run in (("pretrain", secvit), ("evaluate", secvit_in_process)):  # one as users run it, one in this process
+        message = one_line_error(run(project, stage, "--profile", "smoke", "--model", "secvit_huge"))
         assert message.startswith("error: unknown model 'secvit_huge'; choose one of: ") and "secvit_base" in message, message
 
 

@@ -288,7 +288,7 @@ class SecViT(StagedBackbone):
         self.in_chans = in_chans
         self.clusters = tuple(1 for _ in widths) if cross else tuple(clusters)
         self.stem = (Stem if conv_stem else PatchStem)(in_chans, widths[0])
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages, start = [], 0
         self.feature_info = []
         for i, (width, depth) in enumerate(zip(widths, depths)):
