@@ -29,6 +29,8 @@ def smoke_repo(tmp_path_factory, repo_root):
     params["smoke"]["complexity"]["models"] = ["secvit_tiny"]
     params["smoke"]["complexity"]["throughput_steps"] = 1
     params["smoke"]["data"]["generate"]["imagenet"]["train_per_class"] = 32
+    for dataset in ("coco", "ade20k"):  # half the generated images: 4 training steps, 4 images to evaluate
+        params["smoke"]["data"]["generate"][dataset].update(train_images=8, val_images=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     first = run(repo, "secvit", "repro", "all", "--jobs", "2")  # stages side by side (pipelines/dag.py)
     yield repo, first
