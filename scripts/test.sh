@@ -14,6 +14,6 @@ workers="${SECVIT_TEST_WORKERS:-2}"
 # each worker (and each command a test starts) gets its share of the cores: torch's default of one thread per
 # core in every process oversubscribes them, and OpenMP threads then wait on each other (a smoke pretraining
 # run beside another took 130 s with 2 threads each, 35 s with 1)
-cores=$(nproc)
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( workers > 1 ? (cores / workers > 0 ? cores / workers : 1) : cores ))}"
+threads=$(( $(nproc) / (workers > 1 ? workers : 1) ))
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}"
 exec .venv/bin/python -m pytest -p no:cacheprovider -n "$workers" --dist loadscope --no-loadscope-reorder "$@"

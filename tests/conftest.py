@@ -1,5 +1,4 @@
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -57,14 +56,21 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-BIN = Path(sys.executable).parent
-
-
 def tool_env() -> dict[str, str]:
-    """The environment with this interpreter's bin/ first on PATH, so `secvit`, `dvc` and `torchrun` are ours."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
+    """The environment with this interpreter's bin/ first on PATH, so `secvit`, `dvc` and `torchrun` are ours
+    (the environment the pipeline gives its stage commands)."""
+    from secvit.pipelines.slurm import stage_env
+
+    return stage_env()
+
+
+def num_params(name: str) -> int:
+    """Parameters of registered model ``name``, built on the meta device (no weights allocated or initialised)."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in timm.create_model(name).parameters())
 
 
 def run(cwd: Path, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:

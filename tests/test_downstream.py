@@ -266,7 +266,8 @@ def test_segmentation_started_once_with_two_devices_trains_ddp(project):
     shutil.rmtree(work, ignore_errors=True)  # the kill test's finished run: train from the start
     result = secvit(project, "segment", "--profile", "smoke", "--model", "secvit_tiny", "--head", "semantic_fpn", env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(_trained_steps(work)) == 1 and _trained_steps(work)[0], "no training logged"
+    runs = _trained_steps(work)
+    assert len(runs) == 1 and runs[0], f"no training logged: {runs}"
     metrics = json.loads((project / "results/smoke/segmentation/secvit_tiny-semantic_fpn/metrics.json").read_text())
     assert metrics["world_size"] == 2 and 0 <= metrics["miou"] <= 100 and metrics["params"] > 1e7
 

@@ -18,6 +18,7 @@ import math
 import pytest
 import timm
 import torch
+from conftest import num_params
 from timm.models._features import FeatureGetterNet
 from timm.models._features_fx import FeatureGraphNet, create_feature_extractor
 
@@ -30,17 +31,17 @@ MODELS = available_models() + ABLATED
 SIZE = 64
 
 
-def _num_params(name: str) -> int:
-    with torch.device("meta"):
-        return sum(p.numel() for p in timm.create_model(name).parameters())
+def _family(name: str) -> str:
+    """``secvit_tiny`` -> ``secvit``, ``sec_fastervit_0`` -> ``sec_fastervit``."""
+    return name.rsplit("_", 1)[0]
 
 
 def _smallest_of_each_family(names: list[str]) -> list[str]:
-    """The variant with the fewest parameters of each family (``secvit_tiny``: family ``secvit``)."""
+    """The variant with the fewest parameters of each family."""
     families: dict[str, list[str]] = {}
     for name in names:
-        families.setdefault(name.rsplit("_", 1)[0], []).append(name)
-    return sorted(min(group, key=_num_params) for group in families.values())
+        families.setdefault(_family(name), []).append(name)
+    return sorted(min(group, key=num_params) for group in families.values())
 
 
 FULL = sorted({*_smallest_of_each_family(available_models()), "secvit_small"}) + ABLATED
@@ -85,20 +86,23 @@ def _stage_infos(model) -> list[dict]:
 
 def test_every_model_is_covered():
     assert "secvit_tiny" in MODELS and len(MODELS) >= 4
-    families = {name.rsplit("_", 1)[0] for name in available_models()}
-    assert {name.rsplit("_", 1)[0] for name in FULL if "+" not in name} == families  # each family: the whole contract
+    families = {_family(name) for name in available_models()}
+    assert {_family(name) for name in FULL if "+" not in name} == families  # each family: the whole contract
     assert {"secvit_tiny", "secvit_small", "sec_fastervit_0", "stvit_small", "pacavit_tiny"} <= set(FULL)
 
 
 @full_contract
-def test_forward_backward(model):
-    model.reset_classifier(7)
-    model.train()
-    out = model(_x(batch=2))
+def test_forward_backward(name):
+    """Training mode with drop path, a non-square input: every parameter gets a finite gradient."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = _create(name, num_classes=7, drop_path_rate=0.1).train()
+        out = model(_x(batch=2, width=96))
     assert out.shape == (2, 7) and torch.isfinite(out).all()
     out.mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient for {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_pretrained_cfg(model, name):
@@ -233,7 +237,7 @@ def test_prune_intermediate_layers(model):
     with torch.no_grad():
         _, inter = model.forward_intermediates(x)
     assert model.prune_intermediate_layers([0, -3]) == [0, 1]
-    assert len(model.stages) == 2
+    assert len(model.stages) == 2 and not [k for k in model.state_dict() if k.startswith(("stages.2.", "stages.3."))]
     assert model.num_features == model.head_hidden_size == model.feature_info[1]["num_chs"]
     with torch.no_grad():
         torch.testing.assert_close(model(x), inter[1], rtol=0, atol=0)  # head pruned: unpooled

@@ -13,7 +13,7 @@ from functools import cache
 import pytest
 import timm
 import torch
-import torch.fx
+from conftest import num_params
 
 from secvit.errors import SecvitError
 from secvit.models import available_models
@@ -93,9 +93,7 @@ def test_registered():
 
 @pytest.mark.parametrize("name", sorted(MEASURED))
 def test_parameter_counts(name):
-    with torch.device("meta"):
-        model = timm.create_model(name)
-    params = sum(p.numel() for p in model.parameters())
+    params = num_params(name)
     assert params == MEASURED[name][0]
     if name in NOTES:
         assert params / 1e6 == pytest.approx(NOTES[name][0], rel=0.01)
