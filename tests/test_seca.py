@@ -12,7 +12,7 @@ from secvit.models.seca import (
     DepthwiseConv,
     RotaryEmbedding2d,
     cluster_sizes,
-    linear_gelu,
+    pointwise_linear,
     rotate_packed,
     seca_fast,
     seca_reference,
@@ -182,7 +182,8 @@ def test_stage_compiles_without_graph_breaks():
 
 def test_inference_shortcuts_compute_what_the_autograd_path_computes():
     """fp32 without gradients the stage takes shortcuts (q and k rotated in place, fc1 + GELU as one
-    oneDNN call, residual depthwise convs as one conv); with gradients it runs the plain ops."""
+    oneDNN call, the other linear maps through oneDNN, residual depthwise convs as one conv); with gradients
+    it runs the plain ops."""
     stage = _stage()
     x = torch.randn(2, 16, 9, 11)
     with torch.no_grad():
@@ -202,4 +203,6 @@ def test_residual_depthwise_conv_and_fused_gelu_match_plain_ops():
     assert low.dtype == torch.float32 and (low - plain).abs().max() < 0.05
     w, b = torch.randn(48, 16) * 0.2, torch.randn(48)
     with torch.no_grad():
-        torch.testing.assert_close(linear_gelu(x, w, b), torch.nn.functional.gelu(torch.nn.functional.linear(x, w, b)))
+        plain = torch.nn.functional.linear(x, w, b)
+        torch.testing.assert_close(pointwise_linear(x, w, b), plain)
+        torch.testing.assert_close(pointwise_linear(x, w, b, gelu=True), torch.nn.functional.gelu(plain))
