@@ -220,12 +220,38 @@ class SecStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x, tables = self.tokens(x)
+        step = _cache_block(x)
+        if step:  # a few images at a time through all blocks (every block is per image)
+            return torch.cat([self.run_blocks(part, tables) for part in x.split(step)]).permute(0, 3, 1, 2)
+        return self.run_blocks(x, tables).permute(0, 3, 1, 2)
+
+    def run_blocks(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, tables, use_reentrant=False)
             else:
                 x = block(x, tables)
-        return x.permute(0, 3, 1, 2)
+        return x
+
+
+CACHE_BLOCK_BYTES = 10 * 2**20  # the widest activation (3x width) per batch chunk, within the 32 MB L3 of AMD EPYC
+
+
+def _cache_block(x: Tensor) -> int:
+    """Images per chunk for a stage's blocks in inference, 0 for the whole batch at once.
+
+    Without gradients the blocks run on chunks of the batch whose widest activations (the qkv
+    projection and the FFN's hidden map, 3x the width) stay within :data:`CACHE_BLOCK_BYTES`:
+    the results are the same (every op of a block is per image), and the memory-bound ops
+    (row gathers, depthwise convs, K=64 matmuls) read from cache instead of memory. SecViT-S at
+    224x224, batch 8, 2 threads: stage 1 (4 images per chunk) 1.2-1.4x faster; stages that fit
+    are not split (splitting them measured slower).
+    """
+    if torch.is_grad_enabled() or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        return 0
+    bsz, height, width, dim = x.shape
+    step = max(1, CACHE_BLOCK_BYTES // (height * width * 3 * dim * x.element_size()))
+    return step if step < bsz else 0
 
 
 class ClassifierHead(nn.Module):
