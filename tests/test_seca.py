@@ -117,7 +117,7 @@ def test_global_attention_when_one_cluster():
 
 def test_rotary_tables_rotate_pairs_and_scale_keys():
     """rot(x): pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin); k also scaled; v unchanged.
-    The complex (fp32/fp64) and real (bf16) formulas agree."""
+    bf16 (rotated in fp32, rounded once) agrees."""
     rope = RotaryEmbedding2d(8).double()
     qkv = packed(12, heads=2, d=8)
     out = rotate_packed(qkv, rope.qkv_tables(3, 4, 0.5))

@@ -89,7 +89,7 @@ class CSWSA(RotaryAttention):
         grid = packed.reshape(packed.shape[0], height, width, 3, self.num_heads, self.head_dim)
         return cross_shaped_attention(grid, self.stripe)
 
-    def cluster_assignment(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def cluster_assignment(self, x: Tensor, tables: Tensor) -> Tensor:
         """Stripe index of every token, per head: (B, heads, H, W) (rows for the horizontal heads)."""
         bsz, height, width, _ = x.shape
         split = (self.num_heads + 1) // 2

@@ -169,13 +169,13 @@ class SecBlock(nn.Module):
         self.ls2 = LayerScale(dim, layer_scale) if layer_scale else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, tables: Tensor) -> Tensor:
         if self.cpe is not None:
             x = self.cpe(x)  # x + cpe(x)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), tables)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
-    def cluster_assignment(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def cluster_assignment(self, x: Tensor, tables: Tensor) -> Tensor:
         """Cluster index of every token per head (B, heads, H, W) in this block's attention."""
         return self.attn.cluster_assignment(self.norm1(x if self.cpe is None else self.cpe(x)), tables)
 
@@ -213,7 +213,7 @@ class SecStage(nn.Module):
         self.blocks = nn.ModuleList(SecBlock(dim, heads, clusters, dp, layer_scale, **block_options) for dp in drop_paths)
         self.grad_checkpointing = False
 
-    def tokens(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    def tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Downsampled channels-last map (B, H, W, C) and the rotary tables of its size."""
         x = self.downsample(x).permute(0, 2, 3, 1).contiguous()
         return x, self.rope.qkv_tables(x.shape[1], x.shape[2], self.scale)
@@ -225,7 +225,7 @@ class SecStage(nn.Module):
             return torch.cat([self.run_blocks(part, tables) for part in x.split(step)]).permute(0, 3, 1, 2)
         return self.run_blocks(x, tables).permute(0, 3, 1, 2)
 
-    def run_blocks(self, x: Tensor, tables: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def run_blocks(self, x: Tensor, tables: Tensor) -> Tensor:
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, tables, use_reentrant=False)
