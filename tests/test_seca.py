@@ -19,6 +19,7 @@ from secvit.models.seca import (
     semantic_order,
     unpack_qkv,
 )
+import secvit.models.secvit as secvit_module
 from secvit.models.secvit import SecStage
 
 
@@ -190,6 +191,21 @@ def test_inference_shortcuts_compute_what_the_autograd_path_computes():
         fast = stage(x)
     plain = stage(x.clone().requires_grad_())
     torch.testing.assert_close(fast, plain.detach())
+
+
+def test_cache_blocked_stage_computes_the_whole_batch(monkeypatch):
+    """CPU inference runs a stage's blocks on batch chunks that fit the cache: same results."""
+    stage = _stage()
+    x = torch.randn(3, 16, 9, 11)
+    with torch.no_grad():
+        tokens, _ = stage.tokens(x)
+        assert secvit_module._cache_block(tokens) == 0  # small maps: the whole batch at once
+        whole = stage(x)
+        monkeypatch.setattr(secvit_module, "CACHE_BLOCK_BYTES", 1)
+        assert secvit_module._cache_block(tokens) == 1  # now one image per chunk
+        chunked = stage(x)
+    assert secvit_module._cache_block(tokens) == 0  # with gradients: never split
+    torch.testing.assert_close(chunked, whole)
 
 
 def test_residual_depthwise_conv_and_fused_gelu_match_plain_ops():

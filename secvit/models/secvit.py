@@ -238,16 +238,16 @@ CACHE_BLOCK_BYTES = 10 * 2**20  # the widest activation (3x width) per batch chu
 
 
 def _cache_block(x: Tensor) -> int:
-    """Images per chunk for a stage's blocks in inference, 0 for the whole batch at once.
+    """Images per chunk for a stage's blocks in CPU inference, 0 for the whole batch at once.
 
-    Without gradients the blocks run on chunks of the batch whose widest activations (the qkv
+    On CPU without gradients the blocks run on chunks of the batch whose widest activations (the qkv
     projection and the FFN's hidden map, 3x the width) stay within :data:`CACHE_BLOCK_BYTES`:
     the results are the same (every op of a block is per image), and the memory-bound ops
     (row gathers, depthwise convs, K=64 matmuls) read from cache instead of memory. SecViT-S at
     224x224, batch 8, 2 threads: stage 1 (4 images per chunk) 1.2-1.4x faster; stages that fit
     are not split (splitting them measured slower).
     """
-    if torch.is_grad_enabled() or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
         return 0
     bsz, height, width, dim = x.shape
     step = max(1, CACHE_BLOCK_BYTES // (height * width * 3 * dim * x.element_size()))
