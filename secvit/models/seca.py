@@ -300,7 +300,7 @@ torch.fx.wrap("rotate_packed")
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
-def onednn_inference(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+def _onednn_inference(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """fp32 on CPU with oneDNN, no autocast, no gradient recorded, not under ``torch.jit`` tracing."""
     return (
         _ONEDNN
@@ -315,14 +315,14 @@ def onednn_inference(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
 def pointwise_linear(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: bool = False) -> Tensor:
     """``F.linear(x, weight, bias)``, followed by exact (erf) GELU when ``gelu``.
 
-    fp32 inference on CPU (see :func:`onednn_inference`): one oneDNN matmul
+    fp32 inference on CPU (see :func:`_onednn_inference`): one oneDNN matmul
     (``mkldnn._linear_pointwise``, the kernel inductor uses for these patterns) with the
     bias, and the GELU, applied as it writes the output. Measured at SecViT-S's shapes
     (2 threads): 1.1-1.4x faster than ``F.linear`` (whose ``addmm`` first copies the bias
     into the whole output), and about 2x faster than linear then GELU. Otherwise the plain
     calls, also under ``torch.jit`` tracing, so FLOP counters (fvcore) see the usual linear op.
     """
-    if onednn_inference(x, weight, bias):
+    if _onednn_inference(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")
     x = F.linear(x, weight, bias)
     return F.gelu(x) if gelu else x

@@ -31,44 +31,16 @@ from torch import Tensor, nn
 
 from secvit.errors import SecvitError
 from secvit.models.cswsa import CSWSA, STRIPES
-from secvit.models.seca import SECA, DepthwiseConv, PointwiseConv, RotaryEmbedding2d, onednn_inference
+from secvit.models.seca import SECA, DepthwiseConv, PointwiseConv, RotaryEmbedding2d
 from secvit.models.staged import SEC_PAPER, StagedBackbone, build, imagenet_cfg, init_weights, pool_layer
 from secvit.models.variants import VARIANTS  # plain data, shared with secvit.tables
 
 __all__ = ["SecViT", "checkpoint_filter_fn", "VARIANTS"]
 
 
-def _folded_conv_bn(x: Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, activation: str) -> Tensor | None:
-    """``activation(bn(conv(x)))`` as one oneDNN convolution with the eval-mode BN folded into its
-    weight and bias (fp32 CPU inference, see :func:`~secvit.models.seca.onednn_inference`); None where
-    that does not apply (BN in training mode, gradients, autocast, other devices or dtypes, tracing)."""
-    if (
-        torch.fx._symbolic_trace.is_fx_symbolic_tracing()
-        or bn.training
-        or bn.running_var is None
-        or not onednn_inference(x, conv.weight, bn.weight)
-        or (conv.bias is not None and conv.bias.requires_grad and torch.is_grad_enabled())
-    ):
-        return None
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    shift = bn.bias - (bn.running_mean if conv.bias is None else bn.running_mean - conv.bias) * scale
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    return torch.ops.mkldnn._convolution_pointwise(x, weight, shift, conv.padding, conv.stride, conv.dilation, conv.groups, activation, [], "none")
-
-
-class ConvBN(nn.Sequential):
-    """Conv2d and BatchNorm2d, then GELU when ``gelu`` (children 0, 1 and 2, the released keys).
-
-    fp32 CPU inference runs them as one oneDNN convolution (:func:`_folded_conv_bn`): no passes
-    over the map for the BN and the GELU; about 2% of SecViT-S's forward at 224x224.
-    """
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, gelu: bool = False) -> None:
-        super().__init__(nn.Conv2d(cin, cout, kernel, stride, kernel // 2), nn.BatchNorm2d(cout), *([nn.GELU()] if gelu else []))
-
-    def forward(self, x: Tensor) -> Tensor:
-        fused = _folded_conv_bn(x, self[0], self[1], "gelu" if len(self) > 2 else "none")
-        return super().forward(x) if fused is None else fused
+def _conv_bn(cin: int, cout: int, stride: int, act: bool) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.GELU()) if act else nn.Sequential(*layers)
 
 
 class Stem(nn.Sequential):
@@ -77,10 +49,10 @@ class Stem(nn.Sequential):
     def __init__(self, in_chans: int, width: int) -> None:
         half = width // 2
         super().__init__(
-            ConvBN(in_chans, half, 3, 2, gelu=True),
-            ConvBN(half, half, 3, 1, gelu=True),
-            ConvBN(half, half, 3, 1, gelu=True),
-            ConvBN(half, width, 3, 2),
+            _conv_bn(in_chans, half, 2, act=True),
+            _conv_bn(half, half, 1, act=True),
+            _conv_bn(half, half, 1, act=True),
+            _conv_bn(half, width, 2, act=False),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -207,7 +179,7 @@ class SecStage(nn.Module):
         elif patch_merging:  # the "w/o Conv Stem" ablation: 2x2 stride-2 patch merging
             self.downsample = PatchEmbed(in_dim, dim, 2)
         else:
-            self.downsample = ConvBN(in_dim, dim, 3, 2)
+            self.downsample = nn.Sequential(nn.Conv2d(in_dim, dim, 3, 2, 1), nn.BatchNorm2d(dim))
         self.rope = RotaryEmbedding2d(dim // heads)
         self.scale = (dim // heads) ** -0.5
         self.blocks = nn.ModuleList(SecBlock(dim, heads, clusters, dp, layer_scale, **block_options) for dp in drop_paths)
