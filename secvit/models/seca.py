@@ -157,15 +157,16 @@ class _RowPermutation(torch.autograd.Function):
         return grad.index_select(0, inverse), None, None
 
 
-def _select_rows(x: Tensor, index: Tensor, inverse: Tensor | None) -> Tensor:
-    """Rows ``index`` of the 2-D ``x``; a permutation when ``inverse`` is given (cheaper backward).
-
-    Without a gradient to record, the plain call: ``autograd.Function.apply`` costs about
-    0.1 ms per call in Python (it inspects the signature), more than the select at small sizes.
+def _select_rows(x: Tensor, index: Tensor, permutation: bool) -> Tensor:
+    """Rows ``index`` of the 2-D ``x``. When ``index`` is a ``permutation`` and a gradient is
+    recorded, the backward selects rows with the inverse permutation (cheaper than
+    ``index_add`` into zeros). Otherwise the plain call, and no inverse is computed:
+    ``autograd.Function.apply`` costs about 0.1 ms per call in Python (it inspects the
+    signature), more than the select at small sizes.
     """
-    if inverse is None or not (torch.is_grad_enabled() and x.requires_grad):
-        return x.index_select(0, index)
-    return _RowPermutation.apply(x, index, inverse)
+    if permutation and torch.is_grad_enabled() and x.requires_grad:
+        return _RowPermutation.apply(x, index, _inverse(index))
+    return x.index_select(0, index)
 
 
 def _inverse(index: Tensor) -> Tensor:
@@ -220,8 +221,7 @@ def seca_fast(qkv: Tensor, num_clusters: int) -> Tensor:
     s = torch.arange(3, device=device).view(3, 1, 1, 1) * heads
     h = torch.arange(heads, device=device).view(1, 1, heads, 1)
     index = (b + tokens.unsqueeze(0) * (3 * heads) + s + h).flatten()
-    inverse = _inverse(index) if mask is None else None
-    packed = _select_rows(qkv.view(-1, dim), index, inverse).view(3, bsz, heads * num_clusters, size, dim)
+    packed = _select_rows(qkv.view(-1, dim), index, permutation=mask is None).view(3, bsz, heads * num_clusters, size, dim)
     if mask is not None:
         mask = mask.repeat(heads, 1, 1)  # (heads*clusters, 1, L)
     out = attend(*packed.unbind(0), mask)  # (B, heads*clusters, L, d); unbind: one stacked gradient, not three zero-filled ones
@@ -233,8 +233,7 @@ def seca_fast(qkv: Tensor, num_clusters: int) -> Tensor:
         rank = position[rank]
     back = rank + offset * slots  # (B, heads, N): slot of each token
     back = back.transpose(1, 2).flatten()
-    back_inverse = _inverse(back) if mask is None else None
-    return _select_rows(out.reshape(-1, dim), back, back_inverse).view(bsz, num_tokens, heads * dim)
+    return _select_rows(out.reshape(-1, dim), back, permutation=mask is None).view(bsz, num_tokens, heads * dim)
 
 
 torch.fx.wrap("seca_fast")
