@@ -216,7 +216,7 @@ def _cache_block(x: Tensor) -> int:
     projection and the FFN's hidden map, 3x the width) stay within :data:`CACHE_BLOCK_BYTES`:
     the results are the same (every op of a block is per image), and the memory-bound ops
     (row gathers, depthwise convs, K=64 matmuls) read from cache instead of memory. SecViT-S at
-    224x224, batch 8, 2 threads: stage 1 (4 images per chunk) 1.2-1.4x faster; stages that fit
+    224x224, batch 8, 2 threads: stage 1 (4 images per chunk) 1.2-1.6x faster; stages that fit
     are not split (splitting them measured slower).
     """
     if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.is_grad_enabled() or x.device.type != "cpu":
