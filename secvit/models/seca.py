@@ -103,8 +103,8 @@ def _attend_in_chunks(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> T
     fit 98-token clusters badly."""
     bsz, groups, length, dim = q.shape
     q, k, v = (t.reshape(bsz * groups, length, dim) for t in (q, k, v))
-    if mask is not None:
-        mask = ~mask.expand(groups, length, length).repeat(bsz, 1, 1)  # True where masked out
+    if mask is not None:  # True where masked out; a (G, 1, L) key mask stays one row per group, not L x L
+        mask = ~mask.expand(groups, *mask.shape[-2:]).repeat(bsz, 1, 1)
     out = torch.empty_like(q)
     step = max(1, _CHUNK_SCORES // (length * length))
     buffer = q.new_empty(min(step, q.shape[0]), length, length)
