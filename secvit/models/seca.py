@@ -72,6 +72,11 @@ def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(2, index.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1]))
 
 
+def _records_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records an op on ``tensors`` (the fast paths below run only when it does not)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """softmax(q k^T) v with keys already scaled (the released model scales k by d^-0.5).
 
@@ -85,7 +90,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tenso
     """
     if q.device.type != "cpu" or torch.jit.is_tracing():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+    if not _records_grad(q, k, v):
         return _attend_in_chunks(q, k, v, mask)
     scores = q @ k.transpose(-1, -2)
     if mask is not None:
@@ -164,7 +169,7 @@ def _select_rows(x: Tensor, index: Tensor, permutation: bool) -> Tensor:
     ``autograd.Function.apply`` costs about 0.1 ms per call in Python (it inspects the
     signature), more than the select at small sizes.
     """
-    if permutation and torch.is_grad_enabled() and x.requires_grad:
+    if permutation and _records_grad(x):
         return _RowPermutation.apply(x, index, _inverse(index))
     return x.index_select(0, index)
 
@@ -281,7 +286,7 @@ def rotate_packed(qkv: Tensor, tables: Tensor, reuse: bool = False) -> Tensor:
     """
     qk, v = qkv[:, :, :2], qkv[:, :, 2:]
     wide = torch.promote_types(qkv.dtype, torch.float32)
-    if reuse and not (torch.is_grad_enabled() and qkv.requires_grad) and qkv.is_contiguous():
+    if reuse and not _records_grad(qkv) and qkv.is_contiguous():
         # inference: rotate q and k in place (no concatenation with v, no new tensor)
         work = qk if qkv.dtype == wide else qk.to(wide)
         torch.view_as_complex(work.unflatten(-1, (-1, 2))).mul_(tables)
@@ -307,7 +312,7 @@ def _onednn_inference(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
+        and not _records_grad(x, weight, bias)
     )
 
 
