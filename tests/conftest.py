@@ -73,6 +73,19 @@ def num_params(name: str) -> int:
         return sum(p.numel() for p in timm.create_model(name).parameters())
 
 
+def model_family(name: str) -> str:
+    """``secvit_tiny`` -> ``secvit``, ``sec_fastervit_0`` -> ``sec_fastervit``."""
+    return name.rsplit("_", 1)[0]
+
+
+def smallest_of_each_family(names: list[str]) -> list[str]:
+    """The variant with the fewest parameters of each family among ``names``, sorted."""
+    families: dict[str, list[str]] = {}
+    for name in names:
+        families.setdefault(model_family(name), []).append(name)
+    return sorted(min(group, key=num_params) for group in families.values())
+
+
 def run(cwd: Path, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run a command (dvc, git, secvit, SLURM tools) in ``cwd`` with :func:`tool_env`; with ``check``, assert it succeeded."""
     result = subprocess.run(list(args), cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)

@@ -18,7 +18,7 @@ import math
 import pytest
 import timm
 import torch
-from conftest import num_params
+from conftest import model_family, smallest_of_each_family
 from timm.models._features import FeatureGetterNet
 from timm.models._features_fx import FeatureGraphNet, create_feature_extractor
 
@@ -31,20 +31,7 @@ MODELS = available_models() + ABLATED
 SIZE = 64
 
 
-def _family(name: str) -> str:
-    """``secvit_tiny`` -> ``secvit``, ``sec_fastervit_0`` -> ``sec_fastervit``."""
-    return name.rsplit("_", 1)[0]
-
-
-def _smallest_of_each_family(names: list[str]) -> list[str]:
-    """The variant with the fewest parameters of each family."""
-    families: dict[str, list[str]] = {}
-    for name in names:
-        families.setdefault(_family(name), []).append(name)
-    return sorted(min(group, key=num_params) for group in families.values())
-
-
-FULL = sorted({*_smallest_of_each_family(available_models()), "secvit_small"}) + ABLATED
+FULL = sorted({*smallest_of_each_family(available_models()), "secvit_small"}) + ABLATED
 full_contract = pytest.mark.parametrize("name", FULL)  # overrides the `name` fixture: these models only
 
 
@@ -86,8 +73,8 @@ def _stage_infos(model) -> list[dict]:
 
 def test_every_model_is_covered():
     assert "secvit_tiny" in MODELS and len(MODELS) >= 4
-    families = {_family(name) for name in available_models()}
-    assert {_family(name) for name in FULL if "+" not in name} == families  # each family: the whole contract
+    families = {model_family(name) for name in available_models()}
+    assert {model_family(name) for name in FULL if "+" not in name} == families  # each family: the whole contract
     assert {"secvit_tiny", "secvit_small", "sec_fastervit_0", "stvit_small", "pacavit_tiny"} <= set(FULL)
 
 
