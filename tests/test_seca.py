@@ -17,6 +17,7 @@ from secvit.models.seca import (
     seca_fast,
     seca_reference,
     semantic_order,
+    stable_argsort,
     unpack_qkv,
 )
 import secvit.models.secvit as secvit_module
@@ -53,6 +54,22 @@ def test_divisible_sizes_match_released_algorithm(n, c):
     expected = released_seca(*unpack_qkv(qkv), c)
     torch.testing.assert_close(seca_reference(*unpack_qkv(qkv), c), expected)
     torch.testing.assert_close(seca_fast(qkv, c), expected.transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_stable_argsort_is_torchs_stable_argsort(dtype):
+    """The numpy key sort of CPU scores: ascending, ties (also -0.0 vs 0.0) in token order, infinities at the ends."""
+    g = torch.Generator().manual_seed(0)
+    score = torch.randn(3, 2, 301, generator=g).to(dtype)
+    score[..., 10:20] = score[..., 40:41]  # a run of ties
+    score[..., 50], score[..., 60], score[..., 70] = 0.0, -0.0, 0.0
+    score[..., 80], score[..., 90] = float("inf"), -float("inf")
+    score[..., 100:110] = -score[..., 100:110].abs()  # negatives of several magnitudes
+    got = stable_argsort(score)
+    assert got.dtype == torch.int64 and got.shape == score.shape
+    assert torch.equal(got, score.argsort(dim=-1, stable=True))
+    with torch.inference_mode():
+        assert torch.equal(stable_argsort(score), got)
 
 
 @pytest.mark.parametrize("n,c", [(66800, 32), (10, 4), (97, 8), (33, 32), (5, 2)])

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -64,7 +65,29 @@ def semantic_order(k: Tensor) -> Tensor:
     # only the N scores are divided, not the N x d keys (F.normalize's eps kept for |k_i|)
     centre = k.mean(dim=2, keepdim=True)
     score = (centre @ k.transpose(-1, -2)).squeeze(2) / k.norm(dim=-1).clamp_min(1e-12)  # (B, heads, N)
-    return score.argsort(dim=-1)
+    return stable_argsort(score)
+
+
+def stable_argsort(score: Tensor) -> Tensor:
+    """``score.argsort(dim=-1, stable=True)``: ascending, equal scores in token order.
+
+    In CPU eager mode, for float32 and narrower scores, numpy sorts one unique int64 key per
+    token instead: the score's bits mapped to an order-preserving int32 (``-0.0`` counted as
+    ``0.0``), then the token index. Same order (scores are not NaN), and 2-5x faster than
+    ``torch.sort`` at SecViT-S's shapes (numpy sorts int64 with AVX-512 where the CPU has it).
+    """
+    if (
+        score.device.type != "cpu"
+        or score.dtype == torch.float64
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+    ):
+        return score.argsort(dim=-1, stable=True)
+    bits = (score.detach().float() + 0.0).numpy().view(np.int32)  # + 0.0: a new contiguous array, -0.0 -> 0.0
+    key = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64) << 32  # negatives: larger magnitude, smaller key
+    key |= np.arange(score.shape[-1], dtype=np.int64)
+    key.sort(axis=-1)
+    return torch.from_numpy(key & 0xFFFFFFFF)
 
 
 def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
