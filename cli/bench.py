@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Annotated
 
 import typer
@@ -86,6 +87,9 @@ def models(
     from secvit.errors import SecvitError
 
     threads_arg = _threads(threads)
+    # CPU peak memory comes from torch's profiler, whose kineto logs every start and stop (and, on
+    # machines without a GPU, an ERROR line about it) unless told otherwise before its first use
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     names = names or ["secvit_tiny", "secvit_small", "swin_tiny_patch4_window7_224", "convnext_tiny"]
     modes = tuple(mode or ("inference", "training"))
     if any(m not in ("inference", "training") for m in modes):
@@ -95,7 +99,10 @@ def models(
         task = progress.add_task("models")
         result = bench_models(names, batch=batch, device=device, img_size=img_size, rounds=rounds, dtypes=dtypes, modes=modes,
                               baseline=baseline, progress=lambda m: progress.update(task, description=m))
-    command = f"secvit bench models {' '.join(names)} --device {device} --batch {batch} --rounds {rounds}{threads_arg}"
+    command = (
+        f"secvit bench models {' '.join(names)} --device {device} --batch {batch} --rounds {rounds} --img-size {img_size}"
+        + "".join(f" --dtype {d}" for d in dtypes) + "".join(f" --mode {m}" for m in modes) + f" --baseline {baseline}{threads_arg}"
+    )
     result = {"environment": environment(device), "command": command, **result}
     if json_out:
         print(json.dumps(result, indent=1))
@@ -106,7 +113,7 @@ def models(
         print(models_markdown(result))
         return
     keys = [f"{m}_{d}" for m in modes for d in dtypes]
-    table = Table(title=f"img/s (ratio vs {baseline}) and peak MiB, batch {batch} at {img_size}, {device}")
+    table = Table(title=f"img/s (ratio vs {baseline}), peak MiB (and on CPU minor page faults) per call, batch {batch} at {img_size}, {device}")
     table.add_column("model")
     for key in keys:
         table.add_column(key.replace("_", " "), justify="right")
@@ -116,7 +123,8 @@ def models(
         for key in keys:
             f = figures[key]
             ratio = f" ({ratios[key]:.2f}x)" if key in ratios else ""
-            cells.append(f"{f['img_per_s']:.2f}{ratio}\n{f['peak_memory_mb']:.0f} MiB")
+            faults = f"\n{f['page_faults_per_call']:,.0f} page faults" if "page_faults_per_call" in f else ""
+            cells.append(f"{f['img_per_s']:.2f}{ratio}\n{f['peak_memory_mb']:.0f} MiB{faults}")
         table.add_row(name, *cells)
     console.print(table)
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import math
+import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -42,10 +44,14 @@ def time_interleaved(
     inner: int = 1,
     warmup: int = 1,
     progress: Progress | None = None,
+    page_faults: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of every candidate, ``rounds`` samples each (each the mean of ``inner`` calls).
 
-    Candidates run round-robin, so slow drifts of the machine hit all of them alike.
+    Candidates run round-robin, so slow drifts of the machine hit all of them alike. A
+    ``page_faults`` dict receives, per candidate and round, the minor page faults of this
+    process per call (:func:`minor_page_faults`): on CPU, the cost of memory that the
+    allocator got fresh from the OS.
     """
     device = torch.device(device)
     for name, fn in candidates.items():
@@ -57,14 +63,23 @@ def time_interleaved(
     for r in range(rounds):
         for name, fn in candidates.items():
             _sync(device)
+            faults = minor_page_faults() if page_faults is not None else 0
             start = time.perf_counter()
             for _ in range(inner):
                 fn()
             _sync(device)
             samples[name].append((time.perf_counter() - start) / inner)
+            if page_faults is not None:
+                page_faults.setdefault(name, []).append((minor_page_faults() - faults) / inner)
             if progress:
                 progress(f"round {r + 1}/{rounds} {name}")
     return samples
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (``getrusage``): first touches of memory mapped
+    fresh from the OS, as glibc's malloc does for large blocks and after returning heap memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def median(samples: list[float]) -> float:
@@ -118,6 +133,8 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),
+        # glibc malloc settings change CPU figures (see docs/benchmarks.md, "the allocator")
+        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"},
     }
 
 
@@ -349,7 +366,8 @@ def bench_models(
     baseline: str | None = "swin_tiny_patch4_window7_224",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Throughput (img/s) and peak memory of every model, per mode and dtype, in one run.
+    """Throughput (img/s) and peak memory of every model, per mode and dtype, in one run;
+    on CPU also the minor page faults per call (median over rounds).
 
     Models of one (mode, dtype) are timed interleaved; ratios are against ``baseline``.
     """
@@ -372,7 +390,10 @@ def bench_models(
         for dtype_name in dtypes:
             key = f"{mode}_{dtype_name}"
             steps = {name: make(m, inputs, DTYPES[dtype_name]) for name, m in built.items()}
-            samples = time_interleaved(steps, dev, rounds=rounds, progress=(lambda m: progress(f"{key}: {m}")) if progress else None)
+            faults: dict[str, list[float]] | None = {} if dev.type == "cpu" else None
+            samples = time_interleaved(
+                steps, dev, rounds=rounds, progress=(lambda m: progress(f"{key}: {m}")) if progress else None, page_faults=faults
+            )
             for name, step in steps.items():
                 secs = median(samples[name])
                 results[name][key] = {
@@ -380,6 +401,8 @@ def bench_models(
                     "ms_per_batch": 1000 * secs,
                     "peak_memory_mb": peak_memory(step, dev) / 2**20,
                 }
+                if faults is not None:
+                    results[name][key]["page_faults_per_call"] = median(faults[name])
     ratios: dict[str, Any] = {}
     if baseline in results:
         for name in results:
@@ -397,9 +420,10 @@ def bench_models(
 
 def _env_line(result: dict[str, Any]) -> str:
     env = result["environment"]
+    malloc = " ".join(f"{k}={v}" for k, v in env.get("malloc_env", {}).items())
     return (
         f"{env['date']}, {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
-        f"timm {env['timm']}, Python {env['python']}; command: `{result['command']}`"
+        f"timm {env['timm']}, Python {env['python']}; command: `{(malloc + ' ') if malloc else ''}{result['command']}`"
     )
 
 
@@ -426,13 +450,13 @@ def models_markdown(result: dict[str, Any]) -> str:
     """Table of a :func:`bench_models` result (with ``environment`` and ``command`` added)."""
     first = next(iter(result["models"].values()))
     keys = [k for k in first if k != "params"]
+    header = ["| model | " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|---|" + "---|" * len(keys)]
     lines = [
         _env_line(result),
         "",
         f"img/s (ratio to {result['baseline']}) / peak MiB, batch {result['batch']} at {result['img_size']}x{result['img_size']}, median of {result['rounds']} interleaved rounds",
         "",
-        "| model | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
-        "|---|" + "---|" * len(keys),
+        *header,
     ]
     for name, figures in result["models"].items():
         ratios = result["ratio_vs_baseline"].get(name, {})
@@ -441,4 +465,8 @@ def models_markdown(result: dict[str, Any]) -> str:
             for k in keys
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "page_faults_per_call" in first[keys[0]]:
+        lines += ["", "Minor page faults per call (median over rounds; this process, all threads)", "", *header]
+        for name, figures in result["models"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{figures[k]['page_faults_per_call']:,.0f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"

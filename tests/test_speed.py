@@ -3,12 +3,16 @@
 (No timings are asserted; `secvit bench` prints them.)"""
 
 import dataclasses
+import json
+import mmap
+import shlex
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from secvit.bench import appendix_e_seca, bench_seca, peak_memory, seca_shapes, time_interleaved
+from conftest import one_line_error, secvit_in_process
+from secvit.bench import appendix_e_seca, bench_seca, environment, models_markdown, peak_memory, seca_shapes, time_interleaved
 from secvit.engine.config import PretrainConfig
 from secvit.engine.train import apply_speed_options, build_optimizer
 from secvit.models import create
@@ -119,6 +123,70 @@ def test_timing_runs_candidates_interleaved_and_peak_memory_counts_allocations()
     assert all(len(s) == 3 for s in samples.values())
     big = peak_memory(lambda: torch.ones(4 * 2**20).sum(), "cpu")
     assert 16 * 2**20 <= big < 32 * 2**20
+
+
+def _touch_fresh_pages(pages: int) -> None:
+    """Map ``pages`` pages fresh from the OS (no huge pages) and write one byte to each."""
+    with mmap.mmap(-1, pages * mmap.PAGESIZE) as memory:
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
+        for offset in range(0, pages * mmap.PAGESIZE, mmap.PAGESIZE):
+            memory[offset] = 1
+
+
+def test_timing_counts_page_faults_per_call():
+    faults = {}
+    time_interleaved({"fresh": lambda: _touch_fresh_pages(2048), "idle": lambda: None}, rounds=3, inner=2, page_faults=faults)
+    assert len(faults["fresh"]) == len(faults["idle"]) == 3
+    assert 2048 <= min(faults["fresh"]) and max(faults["fresh"]) < 3072  # per call, not per round of two calls
+    assert max(faults["idle"]) < 64
+
+
+def _options(args: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Positional arguments, and the sorted (option, value) pairs of a command line."""
+    first = next(i for i, a in enumerate(args) if a.startswith("--"))
+    return args[:first], sorted(zip(args[first::2], args[first + 1 :: 2]))
+
+
+def test_bench_models_command_reports_and_names_a_reproducible_command(tmp_path, monkeypatch):
+    """`secvit bench models --json`: throughput, peak memory and page faults per model, mode and dtype,
+    ratios to the baseline, and a command that runs the same benchmark again."""
+    args = ["secvit_tiny", "resnet18", "--device", "cpu", "--batch", "2", "--img-size", "64", "--rounds", "2", "--dtype", "fp32",
+            "--mode", "inference", "--mode", "training", "--baseline", "resnet18", "--threads", "1"]
+    run = secvit_in_process(tmp_path, "bench", "models", *args, "--json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    keys = {"inference_fp32", "training_fp32"}
+    assert set(result["models"]) == {"secvit_tiny", "resnet18"}
+    for name, figures in result["models"].items():
+        assert figures["params"] == sum(p.numel() for p in create(name).parameters())
+        assert set(figures) - {"params"} == keys
+        for key in keys:
+            f = figures[key]
+            assert f["img_per_s"] > 0 and f["peak_memory_mb"] > 0 and f["page_faults_per_call"] >= 0
+            assert f["ms_per_batch"] == pytest.approx(1000 * 2 / f["img_per_s"])
+            assert result["ratio_vs_baseline"][name][key] == pytest.approx(f["img_per_s"] / result["models"]["resnet18"][key]["img_per_s"])
+    assert result["ratio_vs_baseline"]["resnet18"] == {key: 1.0 for key in keys}
+    assert result["environment"]["device"] == "cpu" and result["environment"]["threads"] == 1
+    assert result["environment"]["malloc_env"] == {}
+
+    named = shlex.split(result["command"])  # the same benchmark, option for option
+    assert named[:3] == ["secvit", "bench", "models"] and _options(named[3:]) == _options(args)
+    markdown = models_markdown(result)
+    assert f"command: `{result['command']}`" in markdown
+    assert markdown.count("| secvit_tiny |") == 2  # throughput table and page-fault table
+
+    # glibc malloc settings change CPU figures: the environment records them, the command names them
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4000000000")
+    result["environment"] = environment("cpu")
+    assert result["environment"]["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "4000000000"}
+    assert f"command: `MALLOC_TRIM_THRESHOLD_=4000000000 {result['command']}`" in models_markdown(result)
+
+
+def test_bench_models_bad_input_is_a_one_line_error(tmp_path):
+    message = one_line_error(secvit_in_process(tmp_path, "bench", "models", "secvit_tinyy", "--rounds", "1"))
+    assert "secvit_tinyy" in message
+    message = one_line_error(secvit_in_process(tmp_path, "bench", "models", "secvit_tiny", "--dtype", "fp16", "--rounds", "1"))
+    assert "fp16" in message and "bf16" in message
 
 
 @pytest.mark.slow
