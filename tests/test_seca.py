@@ -239,3 +239,48 @@ def test_residual_depthwise_conv_and_fused_gelu_match_plain_ops():
         plain = torch.nn.functional.linear(x, w, b)
         torch.testing.assert_close(pointwise_linear(x, w, b), plain)
         torch.testing.assert_close(pointwise_linear(x, w, b, gelu=True), torch.nn.functional.gelu(plain))
+
+
+def test_reordered_linear_weights_follow_every_change_of_the_weights():
+    """CPU fp32 inference reuses each 1x1 projection's weight in oneDNN's layout; every way a
+    weight changes (in-place update, load_state_dict, a new tensor under .data, a copy of the
+    module) must show in the next output, and the copy must not outlive its weight."""
+    import copy
+    import gc
+
+    from secvit.models import seca
+    from secvit.models.seca import PointwiseConv
+
+    torch.manual_seed(0)
+    layer = PointwiseConv(16, 24, gelu=True)
+    x = torch.randn(2, 5, 7, 16)
+
+    def plain(module):
+        return torch.nn.functional.gelu(torch.nn.functional.linear(x, module.weight.flatten(1), module.bias))
+
+    def check(module):
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), plain(module))
+
+    check(layer)
+    assert id(layer.weight) in seca._REORDERED or not seca._ONEDNN
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # an optimizer step
+    check(layer)
+    layer.load_state_dict({"weight": torch.randn(24, 16, 1, 1), "bias": torch.randn(24)})
+    check(layer)
+    for _ in range(3):  # new storages, whose addresses may be those of freed ones
+        layer.weight.data = torch.randn(24, 16, 1, 1)
+        check(layer)
+    twin = copy.deepcopy(layer)  # deepcopy after inference (timm's EMA does)
+    with torch.no_grad():
+        twin.weight.add_(1.0)
+    check(twin)
+    check(layer)
+    key = id(twin.weight)
+    del twin
+    gc.collect()
+    assert key not in seca._REORDERED
+    with torch.inference_mode():  # weights made in inference mode have no version counter: no reuse, same result
+        fresh = PointwiseConv(16, 24)
+        torch.testing.assert_close(fresh(x), torch.nn.functional.linear(x, fresh.weight.flatten(1), fresh.bias))
