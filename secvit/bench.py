@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -111,24 +112,49 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
     return peak
 
 
+# CPU features that decide fp32/bf16 matmul speed: hosts of one model name differ in them
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
+
+
+def _cpu_host() -> dict[str, Any]:
+    """Linux CPU facts: ``model name``, ``cpu_isa`` (of :data:`_ISA_FLAGS`) and ``caches`` (L2, L3 per
+    cache instance, as sysfs writes them); what cannot be read is left out."""
+    host: dict[str, Any] = {}
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name":
+                host.setdefault("model name", value)
+            elif key == "flags":
+                host["cpu_isa"] = [flag for flag in _ISA_FLAGS if flag in value.split()]
+                break
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        with contextlib.suppress(OSError):
+            level = (index / "level").read_text().strip()
+            if level in ("2", "3"):
+                caches[f"L{level}"] = (index / "size").read_text().strip()
+    if caches:
+        host["caches"] = caches
+    return host
+
+
 def environment(device: torch.device | str) -> dict[str, Any]:
     """Where and when figures were taken."""
     import timm
 
     device = torch.device(device)
+    host: dict[str, Any] = {}
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = platform.processor() or platform.machine()
-        with contextlib.suppress(OSError):
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+        name, host = platform.processor() or platform.machine(), _cpu_host()
+        name = host.pop("model name", name)
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
         "device_name": name,
+        **host,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -421,8 +447,11 @@ def bench_models(
 def _env_line(result: dict[str, Any]) -> str:
     env = result["environment"]
     malloc = " ".join(f"{k}={v}" for k, v in env.get("malloc_env", {}).items())
+    host = "".join(
+        [f", {' '.join(env['cpu_isa'])}" if env.get("cpu_isa") else "", *(f", {level} {size}" for level, size in env.get("caches", {}).items())]
+    )
     return (
-        f"{env['date']}, {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['torch']}, "
+        f"{env['date']}, {env['device_name']} ({env['device']}, {env['threads']} threads{host}), torch {env['torch']}, "
         f"timm {env['timm']}, Python {env['python']}; command: `{(malloc + ' ') if malloc else ''}{result['command']}`"
     )
 

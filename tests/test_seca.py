@@ -20,6 +20,7 @@ from secvit.models.seca import (
     stable_argsort,
     unpack_qkv,
 )
+import secvit.models.seca as seca_module
 import secvit.models.secvit as secvit_module
 from secvit.models.secvit import SecStage
 
@@ -89,8 +90,11 @@ def test_too_few_tokens_for_clusters():
 @pytest.mark.parametrize(
     "n,c,heads", [(784, 8, 4), (196, 2, 8), (49, 1, 4), (97, 8, 2), (10, 4, 1), (210, 32, 2), (33, 32, 2), (49, 2, 3)]
 )
-def test_fast_matches_reference_forward_and_backward(n, c, heads):
-    """Divisible and non-divisible token counts, global attention; gradients w.r.t. q, k and v."""
+@pytest.mark.parametrize("cpu_flash", [False, True], ids=["cpu-matmuls", "cpu-sdpa"])
+def test_fast_matches_reference_forward_and_backward(n, c, heads, cpu_flash, monkeypatch):
+    """Divisible and non-divisible token counts, global attention; gradients w.r.t. q, k and v;
+    both CPU attention kernels (chosen by the CPU's vector ISA, seca._CPU_FLASH)."""
+    monkeypatch.setattr(seca_module, "_CPU_FLASH", cpu_flash)
     qkv = packed(n, heads=heads).requires_grad_()
     fast, ref = seca_fast(qkv, c), reference(qkv, c)
     torch.testing.assert_close(fast, ref)
@@ -99,12 +103,18 @@ def test_fast_matches_reference_forward_and_backward(n, c, heads):
     (g_ref,) = torch.autograd.grad(ref, qkv, grad)
     assert g_ref.abs().amax(dim=(0, 1, 3, 4)).min() > 0  # q, k and v all receive gradient
     torch.testing.assert_close(g_fast, g_ref)
+    with torch.no_grad():  # inference: another CPU kernel (chunked matmuls or SDPA)
+        torch.testing.assert_close(seca_fast(qkv, c), ref)
 
 
-def test_fast_matches_reference_in_float32_at_a_stage_shape():
-    qkv = packed(784, heads=4, d=32, dtype=torch.float32).requires_grad_()
+@pytest.mark.parametrize("cpu_flash", [False, True], ids=["cpu-matmuls", "cpu-sdpa"])
+def test_fast_matches_reference_in_float32_at_a_stage_shape(cpu_flash, monkeypatch):
+    monkeypatch.setattr(seca_module, "_CPU_FLASH", cpu_flash)
+    qkv = packed(784, heads=4, d=32, batch=4, dtype=torch.float32).requires_grad_()  # inference in 2 chunks of scores
     fast, ref = seca_fast(qkv, 8), reference(qkv, 8)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(seca_fast(qkv, 8), ref, rtol=1e-4, atol=1e-5)
     grad = torch.randn_like(fast)
     torch.testing.assert_close(torch.autograd.grad(fast, qkv, grad)[0], torch.autograd.grad(ref, qkv, grad)[0], rtol=1e-4, atol=1e-4)
 
@@ -231,56 +241,62 @@ def test_residual_depthwise_conv_and_fused_gelu_match_plain_ops():
     x = torch.randn(2, 9, 11, 16)
     plain = x + torch.nn.functional.conv2d(x.permute(0, 3, 1, 2), conv.weight, conv.bias, padding=1, groups=16).permute(0, 2, 3, 1)
     torch.testing.assert_close(conv(x), plain)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # identity added in fp32 there, not rounded into a bf16 weight
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a float32 input: identity added in fp32, not rounded into a bf16 weight
         low = conv(x)
     assert low.dtype == torch.float32 and (low - plain).abs().max() < 0.05
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 input (the model's case): bf16 out, within bf16 rounding
+        low = conv(x.bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), plain, rtol=2**-7, atol=0.02)
     w, b = torch.randn(48, 16) * 0.2, torch.randn(48)
     with torch.no_grad():
         plain = torch.nn.functional.linear(x, w, b)
         torch.testing.assert_close(pointwise_linear(x, w, b), plain)
         torch.testing.assert_close(pointwise_linear(x, w, b, gelu=True), torch.nn.functional.gelu(plain))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 in and out, as autocast's linear and GELU
+            for gelu, expected in ((False, plain), (True, torch.nn.functional.gelu(plain))):
+                low = pointwise_linear(x.bfloat16(), w, b, gelu=gelu)
+                assert low.dtype == torch.bfloat16
+                torch.testing.assert_close(low.float(), expected, rtol=2**-6, atol=0.03)
 
 
-def test_reordered_linear_weights_follow_every_change_of_the_weights():
-    """CPU fp32 inference reuses each 1x1 projection's weight in oneDNN's layout; every way a
-    weight changes (in-place update, load_state_dict, a new tensor under .data, a copy of the
-    module) must show in the next output, and the copy must not outlive its weight."""
+def test_inference_follows_every_change_of_the_weights():
+    """fp32 CPU inference keeps no state derived from the weights: every way a weight changes shows
+    in the next output, also those that leave the version counter alone (fused AdamW, writes
+    through .data); a cache of oneDNN-reordered weights keyed on that counter failed this."""
     import copy
-    import gc
 
-    from secvit.models import seca
     from secvit.models.seca import PointwiseConv
 
     torch.manual_seed(0)
     layer = PointwiseConv(16, 24, gelu=True)
     x = torch.randn(2, 5, 7, 16)
 
-    def plain(module):
-        return torch.nn.functional.gelu(torch.nn.functional.linear(x, module.weight.flatten(1), module.bias))
-
     def check(module):
         with torch.no_grad():
-            torch.testing.assert_close(module(x), plain(module))
+            expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, module.weight.flatten(1), module.bias))
+            torch.testing.assert_close(module(x), expected)
+
+    def fused_adamw_step(module):
+        optimizer = torch.optim.AdamW(module.parameters(), lr=0.1, fused=True)
+        module(x).square().sum().backward()
+        optimizer.step()  # on CPU, leaves the version counter as it was (torch 2.14)
 
     check(layer)
-    assert id(layer.weight) in seca._REORDERED or not seca._ONEDNN
     with torch.no_grad():
-        layer.weight.mul_(-2.0)  # an optimizer step
+        layer.weight.mul_(-2.0)
+    check(layer)
+    fused_adamw_step(layer)
+    check(layer)
+    with torch.no_grad():
+        layer.weight.data.add_(1.0)
     check(layer)
     layer.load_state_dict({"weight": torch.randn(24, 16, 1, 1), "bias": torch.randn(24)})
     check(layer)
-    for _ in range(3):  # new storages, whose addresses may be those of freed ones
-        layer.weight.data = torch.randn(24, 16, 1, 1)
-        check(layer)
-    twin = copy.deepcopy(layer)  # deepcopy after inference (timm's EMA does)
+    layer.weight.data = torch.randn(24, 16, 1, 1)
+    check(layer)
+    twin = copy.deepcopy(layer)
     with torch.no_grad():
         twin.weight.add_(1.0)
     check(twin)
     check(layer)
-    key = id(twin.weight)
-    del twin
-    gc.collect()
-    assert key not in seca._REORDERED
-    with torch.inference_mode():  # weights made in inference mode have no version counter: no reuse, same result
-        fresh = PointwiseConv(16, 24)
-        torch.testing.assert_close(fresh(x), torch.nn.functional.linear(x, fresh.weight.flatten(1), fresh.bias))

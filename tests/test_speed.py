@@ -6,6 +6,7 @@ import dataclasses
 import json
 import mmap
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,6 +181,22 @@ def test_bench_models_command_reports_and_names_a_reproducible_command(tmp_path,
     result["environment"] = environment("cpu")
     assert result["environment"]["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "4000000000"}
     assert f"command: `MALLOC_TRIM_THRESHOLD_=4000000000 {result['command']}`" in models_markdown(result)
+
+
+def test_environment_names_the_cpu_features_that_set_its_speed():
+    """Hosts of one CPU model name differ in matrix units and cache (this project's machines: L3 of
+    tens to hundreds of MB, with and without AMX): the environment records what /proc/cpuinfo and
+    sysfs say, and the markdown shows it."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    flags = next(line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags"))
+    env = environment("cpu")
+    assert env["cpu_isa"] == [flag for flag in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if flag in flags]
+    l3 = [d for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*") if (d / "level").read_text().strip() == "3"]
+    assert env["caches"]["L3"] == (l3[0] / "size").read_text().strip() and env["caches"]["L3"].endswith("K")
+    figures = {"m": {"params": 1, "inference_fp32": {"img_per_s": 1.0, "peak_memory_mb": 1.0}}}
+    result = {"environment": env, "command": "secvit bench models m", "models": figures, "ratio_vs_baseline": {}, "baseline": "m", "batch": 1, "img_size": 8, "rounds": 1}
+    line = models_markdown(result).splitlines()[0]
+    assert f"L3 {env['caches']['L3']}" in line and (" ".join(env["cpu_isa"]) in line)
 
 
 def test_bench_models_bad_input_is_a_one_line_error(tmp_path):

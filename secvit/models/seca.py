@@ -38,8 +38,6 @@ gradients up to float rounding):
 from __future__ import annotations
 
 import math
-import weakref
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -102,18 +100,25 @@ def _records_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+# CPU attention kernel, measured at SecViT-S's stage shapes with 2 threads (docs/benchmarks.md): on an
+# AVX2 host (AMD EPYC) chunked matmuls beat torch's CPU flash-attention kernel (inference 1.2-1.6x,
+# forward+backward 1.3-1.9x); on an AVX-512 host (Xeon) the flash kernel wins (inference 1.0-1.2x,
+# model 1.04x) and, allocating no score matrices, keeps forward+backward free of page faults; in
+# bfloat16 it is no faster in inference and its backward is 5x slower than the matmuls' (same host)
+_CPU_FLASH = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """softmax(q k^T) v with keys already scaled (the released model scales k by d^-0.5).
 
     ``q, k, v``: (B, G, L, d); ``mask``: boolean, broadcastable to (G, L, L), True where a
-    key may be attended. On GPU ``scaled_dot_product_attention`` (fused kernels). On CPU,
-    without gradients :func:`_attend_in_chunks`, with gradients plain matmuls: at SecViT-S's
-    stage shapes both beat the CPU flash-attention kernel (inference 1.2-1.6x with 2 threads;
-    forward+backward 1.3-1.9x with 2 threads, 1.0-1.2x with one). Under ``torch.jit``
-    tracing always the SDPA call, which FLOP counters (fvcore) leave out as the paper's FLOP
-    convention does.
+    key may be attended. On GPU ``scaled_dot_product_attention`` (fused kernels). On CPU the
+    kernel depends on the vector ISA (:data:`_CPU_FLASH`): with AVX-512 in float32 also SDPA
+    (its flash-attention kernel); otherwise without gradients :func:`_attend_in_chunks`, with
+    gradients plain matmuls. Under ``torch.jit`` tracing always the SDPA call, which FLOP
+    counters (fvcore) leave out as the paper's FLOP convention does.
     """
-    if q.device.type != "cpu" or torch.jit.is_tracing():
+    if q.device.type != "cpu" or torch.jit.is_tracing() or (_CPU_FLASH and q.dtype == torch.float32):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
     if not _records_grad(q, k, v):
         return _attend_in_chunks(q, k, v, mask)
@@ -128,10 +133,12 @@ _CHUNK_SCORES = 640_000  # attention scores per chunk: 2.5 MB in fp32 (66 cluste
 
 def _attend_in_chunks(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """:func:`attend` as batched matmuls and an in-place softmax over chunks of (sample, group)
-    pairs whose scores stay in cache. At SecViT-S's stage shapes on the 2-core CPU (batch 8,
+    pairs whose scores stay in cache. At SecViT-S's stage shapes on the AVX2 host (batch 8,
     2 threads) 1.2-1.6x faster than the CPU flash-attention kernel, whose 32-query blocks
-    fit 98-token clusters badly."""
+    fit 98-token clusters badly (see :data:`_CPU_FLASH` for the AVX-512 host)."""
     bsz, groups, length, dim = q.shape
+    if mask is None and bsz * groups * length * length <= _CHUNK_SCORES:  # one chunk: matmuls on the views, no copies
+        return (q @ k.transpose(-1, -2)).softmax(dim=-1) @ v
     q, k, v = (t.reshape(bsz * groups, length, dim) for t in (q, k, v))
     if mask is not None:  # True where masked out; a (G, 1, L) key mask stays one row per group, not L x L
         mask = ~mask.expand(groups, *mask.shape[-2:]).repeat(bsz, 1, 1)
@@ -329,72 +336,36 @@ torch.fx.wrap("rotate_packed")
 _ONEDNN = torch.backends.mkldnn.is_available()
 
 
-def _onednn_inference(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """fp32 on CPU with oneDNN, no autocast, no gradient recorded, not under ``torch.jit`` tracing."""
-    return (
-        _ONEDNN
-        and not torch.jit.is_tracing()
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        and not _records_grad(x, weight, bias)
-    )
+def _onednn_dtype(x: Tensor, weight: Tensor, bias: Tensor | None) -> torch.dtype | None:
+    """The dtype of a oneDNN linear for CPU inference: float32 without autocast, bfloat16 under
+    CPU autocast to bfloat16 (where oneDNN supports it); ``None`` (the plain calls) when a
+    gradient is recorded, under ``torch.jit`` tracing or off the CPU."""
+    if not _ONEDNN or torch.jit.is_tracing() or x.device.type != "cpu" or _records_grad(x, weight, bias):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.bfloat16 if bf16 else None
+    return torch.float32 if x.dtype == weight.dtype == torch.float32 else None
 
 
 def pointwise_linear(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: bool = False) -> Tensor:
-    """``F.linear(x, weight.flatten(1), bias)``, followed by exact (erf) GELU when ``gelu``;
-    ``weight`` (out, in) or a 1x1 convolution's (out, in, 1, 1).
+    """``F.linear(x, weight, bias)``, followed by exact (erf) GELU when ``gelu``.
 
-    fp32 inference on CPU (see :func:`_onednn_inference`): one oneDNN matmul
-    (``mkldnn._linear_pointwise``, the kernel inductor uses for these patterns) with the
-    bias, and the GELU, applied as it writes the output, on the weight in oneDNN's own
-    layout (:func:`_onednn_weight`). Measured at SecViT-S's shapes (2 threads): 1.1-1.4x
-    faster than ``F.linear`` (whose ``addmm`` first copies the bias into the whole output),
-    about 2x faster than linear then GELU, and the reordered weight 1.0-1.24x faster again.
-    Otherwise the plain calls, also under ``torch.jit`` tracing, so FLOP counters (fvcore)
-    see the usual linear op.
+    CPU inference (see :func:`_onednn_dtype`): one oneDNN matmul (``mkldnn._linear_pointwise``,
+    the kernel inductor uses for these patterns) with the bias, and the GELU, applied as it
+    writes the output; under bfloat16 autocast on bfloat16 copies of input, weight and bias,
+    as autocast's linear would, with the bfloat16 output autocast's linear and GELU give.
+    Measured at SecViT-S's shapes (2 threads): fp32 1.1-1.4x faster than ``F.linear`` (whose
+    ``addmm`` first copies the bias into the whole output), and about 2x faster than linear
+    then GELU. Otherwise the plain calls, also under ``torch.jit`` tracing, so FLOP counters
+    (fvcore) see the usual linear op.
     """
-    if _onednn_inference(x, weight, bias):
-        weight = _onednn_weight(weight, x.numel() // x.shape[-1])
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none")
-    x = F.linear(x, weight.flatten(1), bias)
+    dtype = _onednn_dtype(x, weight, bias)
+    if dtype is not None:
+        bias = bias.to(dtype) if bias is not None else None
+        return torch.ops.mkldnn._linear_pointwise(x.to(dtype), weight.to(dtype), bias, "gelu" if gelu else "none", [], "none")
+    x = F.linear(x, weight, bias)
     return F.gelu(x) if gelu else x
-
-
-class _Reordered(NamedTuple):
-    weight: weakref.ref  # the tensor it was made from
-    source: Tensor  # the storage it was made from, kept alive: no other weight can take its address
-    version: int  # the weight's version counter then (in-place updates: optimizer steps, load_state_dict)
-    onednn: Tensor
-
-
-_REORDERED: dict[int, _Reordered] = {}  # id(weight) -> its reordered copy; an entry leaves with its weight
-
-
-def _onednn_weight(weight: Tensor, rows: int) -> Tensor:
-    """``weight`` (out, in[, 1, 1]) in oneDNN's blocked layout for matmuls with about ``rows``
-    rows, made once and reused until the weight changes (its storage or version counter).
-
-    Without it oneDNN reorders the weight on every call (a fixed cost per call, about 15 ms of
-    SecViT-S's 25M weights per forward). Costs a second copy of the linear weights in memory.
-    Inference tensors (no version counter) and ``torch.compile`` (inductor packs weights itself)
-    get the plain weight.
-    """
-    if torch.compiler.is_compiling() or torch.is_inference(weight):
-        return weight.flatten(1)
-    entry = _REORDERED.get(id(weight))
-    if (
-        entry is None
-        or entry.weight() is not weight
-        or entry.source.data_ptr() != weight.data_ptr()
-        or entry.version != weight._version
-    ):
-        if entry is None or entry.weight() is not weight:
-            weakref.finalize(weight, _REORDERED.pop, id(weight), None)
-        source = weight.detach()
-        onednn = torch.ops.mkldnn._reorder_linear_weight(source.flatten(1), rows)
-        entry = _REORDERED[id(weight)] = _Reordered(weakref.ref(weight), source, weight._version, onednn)
-    return entry.onednn
 
 
 torch.fx.wrap("pointwise_linear")  # one opaque call when tracing (it branches on dtype and grad mode)
@@ -409,18 +380,21 @@ class PointwiseConv(nn.Conv2d):
         self.gelu = gelu
 
     def forward(self, x: Tensor) -> Tensor:
-        return pointwise_linear(x, self.weight, self.bias, self.gelu)
+        return pointwise_linear(x, self.weight.flatten(1), self.bias, self.gelu)
 
 
 def depthwise_residual(x: Tensor, weight: Tensor, bias: Tensor | None, identity: Tensor) -> Tensor:
     """``x + dwconv(x)`` for NCHW-shaped ``x`` and a depthwise (C, 1, k, k) ``weight``.
 
     One convolution whose centre tap is increased by one (``identity``), so there is no
-    separate addition pass over the map; under autocast the convolution runs in low
-    precision, so there the identity is added in full precision as before.
+    separate addition pass over the map. Under autocast the convolution runs in low
+    precision: a float32 ``x`` is added in float32 after it, as before; a low-precision ``x``
+    (the model's case, the output of an autocast linear) goes through the one convolution too,
+    whose centre tap ``1 + w`` rounded to bfloat16 errs by as much as rounding ``x + conv(x)``
+    to bfloat16 would (SecViT-S, bf16, 2 threads: 2.1 -> 1.4 ms per call at stage 1's map).
     """
     padding = weight.shape[-1] // 2
-    if torch.is_autocast_enabled(x.device.type):
+    if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
         return x + F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
     return F.conv2d(x, weight + identity, bias, padding=padding, groups=weight.shape[0])
 
