@@ -126,7 +126,8 @@ def _cpu_host() -> dict[str, Any]:
             if key == "model name":
                 host.setdefault("model name", value)
             elif key == "flags":
-                host["cpu_isa"] = [flag for flag in _ISA_FLAGS if flag in value.split()]
+                flags = set(value.split())
+                host["cpu_isa"] = [flag for flag in _ISA_FLAGS if flag in flags]
                 break
     caches = {}
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
@@ -148,8 +149,8 @@ def environment(device: torch.device | str) -> dict[str, Any]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name, host = platform.processor() or platform.machine(), _cpu_host()
-        name = host.pop("model name", name)
+        host = _cpu_host()
+        name = host.pop("model name", platform.processor() or platform.machine())
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
@@ -447,11 +448,10 @@ def bench_models(
 def _env_line(result: dict[str, Any]) -> str:
     env = result["environment"]
     malloc = " ".join(f"{k}={v}" for k, v in env.get("malloc_env", {}).items())
-    host = "".join(
-        [f", {' '.join(env['cpu_isa'])}" if env.get("cpu_isa") else "", *(f", {level} {size}" for level, size in env.get("caches", {}).items())]
-    )
+    where = [env["device"], f"{env['threads']} threads"] + ([" ".join(env["cpu_isa"])] if env.get("cpu_isa") else [])
+    where += [f"{level} {size}" for level, size in env.get("caches", {}).items()]
     return (
-        f"{env['date']}, {env['device_name']} ({env['device']}, {env['threads']} threads{host}), torch {env['torch']}, "
+        f"{env['date']}, {env['device_name']} ({', '.join(where)}), torch {env['torch']}, "
         f"timm {env['timm']}, Python {env['python']}; command: `{(malloc + ' ') if malloc else ''}{result['command']}`"
     )
 

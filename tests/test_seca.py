@@ -31,6 +31,12 @@ def packed(n: int, heads: int = 2, d: int = 8, batch: int = 2, seed: int = 0, dt
     return torch.randn(batch, n, 3, heads, d, generator=g, dtype=dtype)
 
 
+@pytest.fixture(params=[False, True], ids=["cpu-matmuls", "cpu-sdpa"])
+def cpu_kernel(request, monkeypatch):
+    """Both CPU attention kernels, whichever this CPU's vector ISA selects (seca._CPU_FLASH)."""
+    monkeypatch.setattr(seca_module, "_CPU_FLASH", request.param)
+
+
 def reference(qkv, clusters):
     """seca_reference on the packed tensor, in the token layout seca_fast returns."""
     b, n = qkv.shape[:2]
@@ -90,11 +96,9 @@ def test_too_few_tokens_for_clusters():
 @pytest.mark.parametrize(
     "n,c,heads", [(784, 8, 4), (196, 2, 8), (49, 1, 4), (97, 8, 2), (10, 4, 1), (210, 32, 2), (33, 32, 2), (49, 2, 3)]
 )
-@pytest.mark.parametrize("cpu_flash", [False, True], ids=["cpu-matmuls", "cpu-sdpa"])
-def test_fast_matches_reference_forward_and_backward(n, c, heads, cpu_flash, monkeypatch):
+def test_fast_matches_reference_forward_and_backward(n, c, heads, cpu_kernel):
     """Divisible and non-divisible token counts, global attention; gradients w.r.t. q, k and v;
-    both CPU attention kernels (chosen by the CPU's vector ISA, seca._CPU_FLASH)."""
-    monkeypatch.setattr(seca_module, "_CPU_FLASH", cpu_flash)
+    both CPU attention kernels."""
     qkv = packed(n, heads=heads).requires_grad_()
     fast, ref = seca_fast(qkv, c), reference(qkv, c)
     torch.testing.assert_close(fast, ref)
@@ -107,9 +111,7 @@ def test_fast_matches_reference_forward_and_backward(n, c, heads, cpu_flash, mon
         torch.testing.assert_close(seca_fast(qkv, c), ref)
 
 
-@pytest.mark.parametrize("cpu_flash", [False, True], ids=["cpu-matmuls", "cpu-sdpa"])
-def test_fast_matches_reference_in_float32_at_a_stage_shape(cpu_flash, monkeypatch):
-    monkeypatch.setattr(seca_module, "_CPU_FLASH", cpu_flash)
+def test_fast_matches_reference_in_float32_at_a_stage_shape(cpu_kernel):
     qkv = packed(784, heads=4, d=32, batch=4, dtype=torch.float32).requires_grad_()  # inference in 2 chunks of scores
     fast, ref = seca_fast(qkv, 8), reference(qkv, 8)
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)

@@ -334,6 +334,7 @@ torch.fx.wrap("rotate_packed")
 
 
 _ONEDNN = torch.backends.mkldnn.is_available()
+_ONEDNN_BF16 = _ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _onednn_dtype(x: Tensor, weight: Tensor, bias: Tensor | None) -> torch.dtype | None:
@@ -343,8 +344,7 @@ def _onednn_dtype(x: Tensor, weight: Tensor, bias: Tensor | None) -> torch.dtype
     if not _ONEDNN or torch.jit.is_tracing() or x.device.type != "cpu" or _records_grad(x, weight, bias):
         return None
     if torch.is_autocast_enabled("cpu"):
-        bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return torch.bfloat16 if bf16 else None
+        return torch.bfloat16 if _ONEDNN_BF16 and torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
     return torch.float32 if x.dtype == weight.dtype == torch.float32 else None
 
 
