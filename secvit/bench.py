@@ -140,6 +140,9 @@ def _cpu_host() -> dict[str, Any]:
     return host
 
 
+_CPU_ENV = ("GLIBC_TUNABLES", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def environment(device: torch.device | str) -> dict[str, Any]:
     """Where and when figures were taken."""
     import timm
@@ -149,7 +152,7 @@ def environment(device: torch.device | str) -> dict[str, Any]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        host = _cpu_host()
+        host = {**_cpu_host(), "aten_kernels": torch.backends.cpu.get_cpu_capability()}
         name = host.pop("model name", platform.processor() or platform.machine())
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -160,8 +163,9 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "python": platform.python_version(),
-        # glibc malloc settings change CPU figures (see docs/benchmarks.md, "the allocator")
-        "malloc_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"},
+        # settings that change CPU figures: glibc malloc (docs/benchmarks.md, "the allocator") and
+        # caps on the instruction sets of ATen, oneDNN and MKL (an AVX2 host's kernels on an AVX-512 one)
+        "cpu_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k in _CPU_ENV},
     }
 
 
@@ -447,12 +451,13 @@ def bench_models(
 
 def _env_line(result: dict[str, Any]) -> str:
     env = result["environment"]
-    malloc = " ".join(f"{k}={v}" for k, v in env.get("malloc_env", {}).items())
+    settings = " ".join(f"{k}={v}" for k, v in env.get("cpu_env", {}).items())
     where = [env["device"], f"{env['threads']} threads"] + ([" ".join(env["cpu_isa"])] if env.get("cpu_isa") else [])
+    where += [f"ATen {env['aten_kernels']} kernels"] if "aten_kernels" in env else []
     where += [f"{level} {size}" for level, size in env.get("caches", {}).items()]
     return (
         f"{env['date']}, {env['device_name']} ({', '.join(where)}), torch {env['torch']}, "
-        f"timm {env['timm']}, Python {env['python']}; command: `{(malloc + ' ') if malloc else ''}{result['command']}`"
+        f"timm {env['timm']}, Python {env['python']}; command: `{(settings + ' ') if settings else ''}{result['command']}`"
     )
 
 

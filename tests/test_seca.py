@@ -33,7 +33,7 @@ def packed(n: int, heads: int = 2, d: int = 8, batch: int = 2, seed: int = 0, dt
 
 @pytest.fixture(params=[False, True], ids=["cpu-matmuls", "cpu-sdpa"])
 def cpu_kernel(request, monkeypatch):
-    """Both CPU attention kernels, whichever this CPU's vector ISA selects (seca._CPU_FLASH)."""
+    """Both CPU attention kernels, whichever this host selects (seca._CPU_FLASH)."""
     monkeypatch.setattr(seca_module, "_CPU_FLASH", request.param)
 
 
@@ -260,6 +260,30 @@ def test_residual_depthwise_conv_and_fused_gelu_match_plain_ops():
                 low = pointwise_linear(x.bfloat16(), w, b, gelu=gelu)
                 assert low.dtype == torch.bfloat16
                 torch.testing.assert_close(low.float(), expected, rtol=2**-6, atol=0.03)
+
+
+def test_lce_conv_trains_in_float32_under_cpu_autocast():
+    """The 5x5 LCE convolution under CPU bf16 autocast, with gradients, runs in float32 (oneDNN's bf16
+    weight gradient for it is 3.5x slower): output in bf16, gradients exactly those of the float32
+    convolution of the bf16 input; without gradients, and for 3x3 kernels, it stays in bf16."""
+    torch.manual_seed(0)
+    lce = DepthwiseConv(16, 5)
+    v = torch.randn(2, 9, 11, 16).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lce(v)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    x = v.detach().float().permute(0, 3, 1, 2).requires_grad_()
+    weight, bias = lce.weight.detach().clone().requires_grad_(), lce.bias.detach().clone().requires_grad_()
+    plain = torch.nn.functional.conv2d(x, weight, bias, padding=2, groups=16)
+    torch.testing.assert_close(out, plain.permute(0, 2, 3, 1).bfloat16(), rtol=0, atol=0)
+    plain.bfloat16().float().square().sum().backward()
+    torch.testing.assert_close(lce.weight.grad, weight.grad, rtol=0, atol=0)
+    torch.testing.assert_close(v.grad, x.grad.permute(0, 2, 3, 1).bfloat16(), rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        low = lce(v.detach())  # inference: oneDNN's bf16 kernel, not float32 rounded once
+    assert low.dtype == torch.bfloat16 and not torch.equal(low, out.detach())
+    torch.testing.assert_close(low.float(), out.detach().float(), rtol=2**-6, atol=0.05)
 
 
 def test_inference_follows_every_change_of_the_weights():

@@ -5,7 +5,10 @@
 import dataclasses
 import json
 import mmap
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,7 +171,7 @@ def test_bench_models_command_reports_and_names_a_reproducible_command(tmp_path,
             assert result["ratio_vs_baseline"][name][key] == pytest.approx(f["img_per_s"] / result["models"]["resnet18"][key]["img_per_s"])
     assert result["ratio_vs_baseline"]["resnet18"] == {key: 1.0 for key in keys}
     assert result["environment"]["device"] == "cpu" and result["environment"]["threads"] == 1
-    assert result["environment"]["malloc_env"] == {}
+    assert result["environment"]["cpu_env"] == {}
 
     named = shlex.split(result["command"])  # the same benchmark, option for option
     assert named[:3] == ["secvit", "bench", "models"] and _options(named[3:]) == _options(args)
@@ -176,11 +179,14 @@ def test_bench_models_command_reports_and_names_a_reproducible_command(tmp_path,
     assert f"command: `{result['command']}`" in markdown
     assert markdown.count("| secvit_tiny |") == 2  # throughput table and page-fault table
 
-    # glibc malloc settings change CPU figures: the environment records them, the command names them
+    # glibc malloc settings and instruction-set caps change CPU figures: the environment records
+    # them, the command names them
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4000000000")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # not one of them
     result["environment"] = environment("cpu")
-    assert result["environment"]["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "4000000000"}
-    assert f"command: `MALLOC_TRIM_THRESHOLD_=4000000000 {result['command']}`" in models_markdown(result)
+    assert result["environment"]["cpu_env"] == {"MALLOC_TRIM_THRESHOLD_": "4000000000", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert f"command: `MALLOC_TRIM_THRESHOLD_=4000000000 ONEDNN_MAX_CPU_ISA=AVX2 {result['command']}`" in models_markdown(result)
 
 
 def test_environment_names_the_cpu_features_that_set_its_speed():
@@ -197,6 +203,22 @@ def test_environment_names_the_cpu_features_that_set_its_speed():
     result = {"environment": env, "command": "secvit bench models m", "models": figures, "ratio_vs_baseline": {}, "baseline": "m", "batch": 1, "img_size": 8, "rounds": 1}
     line = models_markdown(result).splitlines()[0]
     assert f"L3 {env['caches']['L3']}" in line and (" ".join(env["cpu_isa"]) in line)
+
+
+def test_environment_names_the_kernels_torch_dispatches_to(tmp_path):
+    """ATEN_CPU_CAPABILITY runs an AVX2 host's ATen kernels on an AVX-512 one (and SECA picks its CPU
+    attention kernel by them): the environment says which kernels ran, not only what the CPU has."""
+    probe = "import json; from secvit.bench import environment; print(json.dumps(environment('cpu')))"
+    native = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+    assert native["aten_kernels"] == torch.backends.cpu.get_cpu_capability() and "ATEN_CPU_CAPABILITY" not in native["cpu_env"]
+    capped = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                                       env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}).stdout)
+    assert capped["aten_kernels"] == "DEFAULT" and capped["cpu_env"] == {"ATEN_CPU_CAPABILITY": "default"}
+    assert capped["cpu_isa"] == native["cpu_isa"]  # the CPU has not changed
+    figures = {"m": {"params": 1, "inference_fp32": {"img_per_s": 1.0, "peak_memory_mb": 1.0}}}
+    result = {"environment": capped, "command": "secvit bench models m", "models": figures, "ratio_vs_baseline": {}, "baseline": "m", "batch": 1, "img_size": 8, "rounds": 1}
+    line = models_markdown(result).splitlines()[0]
+    assert "ATen DEFAULT kernels" in line and "command: `ATEN_CPU_CAPABILITY=default secvit bench models m`" in line
 
 
 def test_bench_models_bad_input_is_a_one_line_error(tmp_path):

@@ -100,12 +100,15 @@ def _records_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-# CPU attention kernel, measured at SecViT-S's stage shapes with 2 threads (docs/benchmarks.md): on an
-# AVX2 host (AMD EPYC) chunked matmuls beat torch's CPU flash-attention kernel (inference 1.2-1.6x,
-# forward+backward 1.3-1.9x); on an AVX-512 host (Xeon) the flash kernel wins (inference 1.0-1.2x,
-# model 1.04x) and, allocating no score matrices, keeps forward+backward free of page faults; in
-# bfloat16 it is no faster in inference and its backward is 5x slower than the matmuls' (same host)
-_CPU_FLASH = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+# CPU attention kernel, measured at SecViT-S's stage shapes with 2 threads (docs/benchmarks.md): on
+# the AMD EPYC host (native bf16, so AVX-512 as on Zen 4, no AMX) chunked matmuls beat torch's CPU
+# flash-attention kernel (inference 1.2-1.6x, forward+backward 1.3-1.9x); on the Xeon with AVX-512
+# and AMX the flash kernel wins (forward+backward 1.2-2.0x, inference 1.0-1.2x) and, allocating no
+# score matrices, keeps forward+backward free of page faults; in bfloat16 it is no faster in
+# inference and its backward is 5x slower than the matmuls' (same host). AVX-512 alone does not tell
+# the two hosts apart; AMX does (as a mark of the Xeon's full-width AVX-512 units), and a host with
+# neither measurement keeps the matmuls.
+_CPU_FLASH = torch.backends.cpu.get_cpu_capability().startswith("AVX512") and torch.cpu._is_amx_tile_supported()
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -113,7 +116,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tenso
 
     ``q, k, v``: (B, G, L, d); ``mask``: boolean, broadcastable to (G, L, L), True where a
     key may be attended. On GPU ``scaled_dot_product_attention`` (fused kernels). On CPU the
-    kernel depends on the vector ISA (:data:`_CPU_FLASH`): with AVX-512 in float32 also SDPA
+    kernel depends on the host (:data:`_CPU_FLASH`): with AVX-512 and AMX in float32 also SDPA
     (its flash-attention kernel); otherwise without gradients :func:`_attend_in_chunks`, with
     gradients plain matmuls. Under ``torch.jit`` tracing always the SDPA call, which FLOP
     counters (fvcore) leave out as the paper's FLOP convention does.
@@ -133,9 +136,9 @@ _CHUNK_SCORES = 640_000  # attention scores per chunk: 2.5 MB in fp32 (66 cluste
 
 def _attend_in_chunks(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """:func:`attend` as batched matmuls and an in-place softmax over chunks of (sample, group)
-    pairs whose scores stay in cache. At SecViT-S's stage shapes on the AVX2 host (batch 8,
+    pairs whose scores stay in cache. At SecViT-S's stage shapes on the EPYC host (batch 8,
     2 threads) 1.2-1.6x faster than the CPU flash-attention kernel, whose 32-query blocks
-    fit 98-token clusters badly (see :data:`_CPU_FLASH` for the AVX-512 host)."""
+    fit 98-token clusters badly (see :data:`_CPU_FLASH` for the AMX host)."""
     bsz, groups, length, dim = q.shape
     if mask is None and bsz * groups * length * length <= _CHUNK_SCORES:  # one chunk: matmuls on the views, no copies
         return (q @ k.transpose(-1, -2)).softmax(dim=-1) @ v
@@ -402,6 +405,24 @@ def depthwise_residual(x: Tensor, weight: Tensor, bias: Tensor | None, identity:
 torch.fx.wrap("depthwise_residual")
 
 
+def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``dwconv(x)`` for NCHW-shaped ``x`` and a depthwise (C, 1, k, k) ``weight``.
+
+    Under CPU autocast, when a gradient is recorded, a 5x5 kernel runs in float32 (output in
+    ``x``'s dtype): oneDNN's bfloat16 weight gradient of a 5x5 depthwise convolution is 3.5x
+    slower than its float32 one (28.8 vs 8.0 ms at SecViT-S's stage 1, 2 threads), and float32 is
+    no slower forward and for the input gradient either; 3x3 kernels are faster in bfloat16.
+    """
+    padding = weight.shape[-1] // 2
+    if weight.shape[-1] == 5 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and _records_grad(x, weight):
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x.float(), weight.float(), bias, padding=padding, groups=weight.shape[0]).to(x.dtype)
+    return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
+
+
+torch.fx.wrap("depthwise_conv")
+
+
 class DepthwiseConv(nn.Conv2d):
     """A depthwise k x k convolution with bias on channels-last tensors (B, H, W, C).
 
@@ -418,7 +439,7 @@ class DepthwiseConv(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.permute(0, 3, 1, 2)
-        x = depthwise_residual(x, self.weight, self.bias, self.identity) if self.residual else super().forward(x)
+        x = depthwise_residual(x, self.weight, self.bias, self.identity) if self.residual else depthwise_conv(x, self.weight, self.bias)
         return x.permute(0, 2, 3, 1)
 
 
