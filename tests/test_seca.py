@@ -284,6 +284,11 @@ def test_lce_conv_trains_in_float32_under_cpu_autocast():
         low = lce(v.detach())  # inference: oneDNN's bf16 kernel, not float32 rounded once
     assert low.dtype == torch.bfloat16 and not torch.equal(low, out.detach())
     torch.testing.assert_close(low.float(), out.detach().float(), rtol=2**-6, atol=0.05)
+    lce.zero_grad(set_to_none=True)
+    lce.bfloat16()  # parameters in bf16 too: the same float32 convolution, gradients in their dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lce(v.detach().requires_grad_()).float().sum().backward()
+    assert lce.weight.grad.dtype == lce.bias.grad.dtype == torch.bfloat16
 
 
 def test_inference_follows_every_change_of_the_weights():

@@ -416,6 +416,7 @@ def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     padding = weight.shape[-1] // 2
     if weight.shape[-1] == 5 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and _records_grad(x, weight):
         with torch.autocast("cpu", enabled=False):
+            bias = None if bias is None else bias.float()
             return F.conv2d(x.float(), weight.float(), bias, padding=padding, groups=weight.shape[0]).to(x.dtype)
     return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
 
