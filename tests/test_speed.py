@@ -189,6 +189,13 @@ def test_bench_models_command_reports_and_names_a_reproducible_command(tmp_path,
     assert f"command: `MALLOC_TRIM_THRESHOLD_=4000000000 ONEDNN_MAX_CPU_ISA=AVX2 {result['command']}`" in models_markdown(result)
 
 
+def _env_line_of(env):
+    """The first line of the markdown of a one-model `bench models` result taken in ``env``."""
+    figures = {"m": {"params": 1, "inference_fp32": {"img_per_s": 1.0, "peak_memory_mb": 1.0}}}
+    result = {"environment": env, "command": "secvit bench models m", "models": figures, "ratio_vs_baseline": {}, "baseline": "m", "batch": 1, "img_size": 8, "rounds": 1}
+    return models_markdown(result).splitlines()[0]
+
+
 def test_environment_names_the_cpu_features_that_set_its_speed():
     """Hosts of one CPU model name differ in matrix units and cache (this project's machines: L3 of
     tens to hundreds of MB, with and without AMX): the environment records what /proc/cpuinfo and
@@ -199,25 +206,21 @@ def test_environment_names_the_cpu_features_that_set_its_speed():
     assert env["cpu_isa"] == [flag for flag in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if flag in flags]
     l3 = [d for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*") if (d / "level").read_text().strip() == "3"]
     assert env["caches"]["L3"] == (l3[0] / "size").read_text().strip() and env["caches"]["L3"].endswith("K")
-    figures = {"m": {"params": 1, "inference_fp32": {"img_per_s": 1.0, "peak_memory_mb": 1.0}}}
-    result = {"environment": env, "command": "secvit bench models m", "models": figures, "ratio_vs_baseline": {}, "baseline": "m", "batch": 1, "img_size": 8, "rounds": 1}
-    line = models_markdown(result).splitlines()[0]
+    line = _env_line_of(env)
     assert f"L3 {env['caches']['L3']}" in line and (" ".join(env["cpu_isa"]) in line)
 
 
-def test_environment_names_the_kernels_torch_dispatches_to(tmp_path):
+def test_environment_names_the_kernels_torch_dispatches_to():
     """ATEN_CPU_CAPABILITY runs an AVX2 host's ATen kernels on an AVX-512 one (and SECA picks its CPU
     attention kernel by them): the environment says which kernels ran, not only what the CPU has."""
     probe = "import json; from secvit.bench import environment; print(json.dumps(environment('cpu')))"
-    native = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+    native = environment("cpu")
     assert native["aten_kernels"] == torch.backends.cpu.get_cpu_capability() and "ATEN_CPU_CAPABILITY" not in native["cpu_env"]
     capped = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                                        env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}).stdout)
     assert capped["aten_kernels"] == "DEFAULT" and capped["cpu_env"] == {"ATEN_CPU_CAPABILITY": "default"}
     assert capped["cpu_isa"] == native["cpu_isa"]  # the CPU has not changed
-    figures = {"m": {"params": 1, "inference_fp32": {"img_per_s": 1.0, "peak_memory_mb": 1.0}}}
-    result = {"environment": capped, "command": "secvit bench models m", "models": figures, "ratio_vs_baseline": {}, "baseline": "m", "batch": 1, "img_size": 8, "rounds": 1}
-    line = models_markdown(result).splitlines()[0]
+    line = _env_line_of(capped)
     assert "ATen DEFAULT kernels" in line and "command: `ATEN_CPU_CAPABILITY=default secvit bench models m`" in line
 
 

@@ -386,25 +386,6 @@ class PointwiseConv(nn.Conv2d):
         return pointwise_linear(x, self.weight.flatten(1), self.bias, self.gelu)
 
 
-def depthwise_residual(x: Tensor, weight: Tensor, bias: Tensor | None, identity: Tensor) -> Tensor:
-    """``x + dwconv(x)`` for NCHW-shaped ``x`` and a depthwise (C, 1, k, k) ``weight``.
-
-    One convolution whose centre tap is increased by one (``identity``), so there is no
-    separate addition pass over the map. Under autocast the convolution runs in low
-    precision: a float32 ``x`` is added in float32 after it, as before; a low-precision ``x``
-    (the model's case, the output of an autocast linear) goes through the one convolution too,
-    whose centre tap ``1 + w`` rounded to bfloat16 errs by as much as rounding ``x + conv(x)``
-    to bfloat16 would (SecViT-S, bf16, 2 threads: 2.1 -> 1.4 ms per call at stage 1's map).
-    """
-    padding = weight.shape[-1] // 2
-    if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
-        return x + F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
-    return F.conv2d(x, weight + identity, bias, padding=padding, groups=weight.shape[0])
-
-
-torch.fx.wrap("depthwise_residual")
-
-
 def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``dwconv(x)`` for NCHW-shaped ``x`` and a depthwise (C, 1, k, k) ``weight``.
 
@@ -414,7 +395,7 @@ def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     no slower forward and for the input gradient either; 3x3 kernels are faster in bfloat16.
     """
     padding = weight.shape[-1] // 2
-    if weight.shape[-1] == 5 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and _records_grad(x, weight):
+    if weight.shape[-1] == 5 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and _records_grad(x, weight, bias):
         with torch.autocast("cpu", enabled=False):
             bias = None if bias is None else bias.float()
             return F.conv2d(x.float(), weight.float(), bias, padding=padding, groups=weight.shape[0]).to(x.dtype)
@@ -422,6 +403,24 @@ def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 
 torch.fx.wrap("depthwise_conv")
+
+
+def depthwise_residual(x: Tensor, weight: Tensor, bias: Tensor | None, identity: Tensor) -> Tensor:
+    """``x + dwconv(x)`` for NCHW-shaped ``x`` and a depthwise (C, 1, k, k) ``weight``.
+
+    One convolution whose centre tap is increased by one (``identity``), so there is no
+    separate addition pass over the map. Under autocast the convolution runs in low
+    precision (but see :func:`depthwise_conv` for 5x5 kernels): a float32 ``x`` is added in float32 after it, as before; a low-precision ``x``
+    (the model's case, the output of an autocast linear) goes through the one convolution too,
+    whose centre tap ``1 + w`` rounded to bfloat16 errs by as much as rounding ``x + conv(x)``
+    to bfloat16 would (SecViT-S, bf16, 2 threads: 2.1 -> 1.4 ms per call at stage 1's map).
+    """
+    if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
+        return x + depthwise_conv(x, weight, bias)
+    return depthwise_conv(x, weight + identity, bias)
+
+
+torch.fx.wrap("depthwise_residual")
 
 
 class DepthwiseConv(nn.Conv2d):
