@@ -33,7 +33,7 @@ def detect(
     box/mask AP, params and FLOPs to results/<profile>/detection/<...>/metrics.json.
     """
     from secvit.pipelines.downstream import detect_stage
-    from secvit.pipelines.launch import run_stage
+    from secvit.orchestrate.launch import run_stage
 
     result = run_stage("detect", detect_stage, executor, profile=profile, model=model, detector=detector, schedule=schedule, weights=weights, params=params)
     if result is not None:
@@ -54,7 +54,7 @@ def segment(
     mIoU, params and FLOPs to results/<profile>/segmentation/<model>-<head>/metrics.json.
     """
     from secvit.pipelines.downstream import segment_stage
-    from secvit.pipelines.launch import run_stage
+    from secvit.orchestrate.launch import run_stage
 
     result = run_stage("segment", segment_stage, executor, profile=profile, model=model, head=head, weights=weights, params=params)
     if result is not None:

@@ -25,7 +25,7 @@ def complexity(
 ) -> None:
     """Parameters and FLOPs (fvcore) at 1x3xSxS of MODEL, or (--profile) the complexity stage."""
     from secvit.complexity import measure
-    from secvit.pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.orchestrate.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor) and (profile is not None or executor is not None):  # $SECVIT_EXECUTOR: stages only
         if profile is None:
@@ -39,11 +39,9 @@ def complexity(
         return
     if model is None:
         raise SecvitError("give a MODEL (e.g. secvit_small) or --profile smoke|paper")
-    from secvit.models.variants import VARIANTS, ablation_options
+    from secvit.models.variants import ablation_options
 
-    if ablation and model not in VARIANTS:
-        raise SecvitError(f"--ablation {ablation} is an option of the SecViT family, not of {model}")
-    result = measure(model, img_size, **(ablation_options(ablation) if ablation else {}))
+    result = measure(model, img_size, **ablation_options(ablation, model))
     if json_out:
         print(json.dumps(result.to_dict()))
         return

@@ -29,7 +29,7 @@ def repro_all(
 
     results/tables.md and results/plots/ then point to the profile's results/<profile>/ files.
     """
-    from secvit.pipelines.repro import point_latest, repro_local
+    from secvit.orchestrate.repro import point_latest, repro_local
 
     if jobs is not None and executor != "local":
         from secvit.errors import SecvitError
@@ -38,7 +38,7 @@ def repro_all(
     if executor == "local":
         tables = repro_local(profile, jobs=jobs)
     elif executor == "slurm":
-        from secvit.pipelines.slurm_dag import repro_slurm
+        from secvit.orchestrate.slurm_dag import repro_slurm
 
         tables = repro_slurm(profile)
     else:

@@ -19,7 +19,7 @@ def tables(
     ] = None,
 ) -> None:
     """Write <results>/tables.md (paper tables 1-8 next to our numbers) and <results>/plots/*.png."""
-    from secvit.runs import results_root
+    from secvit.runs import TABLES, results_root
     from secvit.tables.plots import write_plots
     from secvit.tables.render import write_tables
 
@@ -27,7 +27,7 @@ def tables(
     if results is not None and not results.is_dir():
         raise SecvitError(f"results directory {results} does not exist; run the pipeline first or fix --results")
     results_dir = results if results is not None else results_root(profile)
-    out = results_dir / "tables.md"
+    out = results_dir / TABLES
     write_tables(results_dir, profile, out)
     plots = write_plots(results_dir, profile)
     console.print(f"wrote {out}")

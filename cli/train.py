@@ -38,7 +38,7 @@ def pretrain(
     Checkpoints go to runs/<profile>/pretrain/<run>/ and training resumes from last.pth there;
     metrics and curves go to results/<profile>/pretrain/<run>/.
     """
-    from secvit.pipelines.launch import run_stage
+    from secvit.orchestrate.launch import run_stage
     from secvit.pipelines.pretrain import pretrain_stage
 
     metrics = run_stage("pretrain", pretrain_stage, executor, profile=profile, model=model, clusters=clusters, ablation=ablation, params=params)
@@ -66,7 +66,7 @@ def evaluate(
     (last.pth, released files) is evaluated with both.
     """
     from secvit.pipelines.evaluate import evaluate_stage
-    from secvit.pipelines.launch import run_stage
+    from secvit.orchestrate.launch import run_stage
 
     result = run_stage("evaluate", evaluate_stage, executor, profile=profile, model=model, checkpoint=checkpoint, data=data, out=out, params=params)
     if result is not None:

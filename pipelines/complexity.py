@@ -10,7 +10,7 @@ from typing import Any
 from secvit.pipelines.settings import load
 from secvit.pipelines.sweep import ablation_config, sweep_config
 from secvit.models.variants import ablation_options, default_clusters
-from secvit.runs import results_root, run_key
+from secvit.runs import COMPLEXITY, results_root, run_key
 
 
 @dataclass
@@ -23,7 +23,7 @@ class ComplexityConfig:
 
 
 def output(profile: str) -> Path:
-    return results_root(profile) / "complexity.json"
+    return results_root(profile) / COMPLEXITY
 
 
 def complexity_stage(profile: str, params: Path) -> Path:
@@ -43,8 +43,7 @@ def complexity_stage(profile: str, params: Path) -> Path:
     rows: list[dict[str, Any]] = []
     for model, clusters, ablation in runs:
         kwargs = {"clusters": clusters} if clusters else {}
-        if ablation:
-            kwargs.update(ablation_options(ablation))
+        kwargs.update(ablation_options(ablation))
         result = measure(model, cfg.img_size, **kwargs)
         speed = None
         if not kwargs and cfg.throughput_steps > 0:  # throughput of the registered models only

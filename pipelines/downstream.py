@@ -16,7 +16,7 @@ from secvit.pipelines.settings import data_config, load
 from secvit.downstream.run import Schedule
 from secvit.errors import SecvitError
 from secvit.params import from_section
-from secvit.runs import BEST, DETECTION, SEGMENTATION, downstream_key, results_dir, run_dir
+from secvit.runs import BEST, CURVES, DETECTION, METRICS, SEGMENTATION, downstream_key, results_dir, run_dir
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -82,7 +82,7 @@ def _run(
     from mmengine.dist import get_rank, get_world_size
 
     from secvit.atomic import write_json
-    from secvit.downstream.run import curve_rows, model_complexity, prepare_config, run
+    from secvit.downstream.run import curve_rows, finish_checkpoints, model_complexity, prepare_config, run
     from secvit.engine.live import write_curves
 
     settings = load(params, profile, task, DownstreamSettings)
@@ -109,9 +109,10 @@ def _run(
         **{f"{k}_ms_flip": v for k, v in ms_flip.items()},
         "raw": {k: v for k, v in raw.items() if isinstance(v, (int, float))},
     }
-    write_json(results / "metrics.json", metrics)
+    write_json(results / METRICS, metrics)
     names = {"loss": "train/loss", "lr": "train/lr", **{raw_key: f"val/{raw_key.split('/')[-1]}" for raw_key in raw}}
-    write_curves(results / "dvclive", curve_rows(work_dir), names, "step")
+    write_curves(results / CURVES, curve_rows(work_dir), names, "step")
+    finish_checkpoints(work_dir)
     return metrics
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from secvit.pipelines.settings import data_config, load
 from secvit.engine.config import PretrainConfig
 from secvit.errors import SecvitError
-from secvit.runs import BEST, results_dir, run_dir
+from secvit.runs import BEST, EVAL, results_dir, run_dir
 
 
 def evaluate_stage(
@@ -44,7 +44,7 @@ def evaluate_stage(
         checkpoint = run_dir(profile, model) / BEST
         if not checkpoint.is_file():
             raise SecvitError(f"{checkpoint} does not exist; train the run first (secvit pretrain --profile {profile} --model {model})")
-    state = load_file_checked(checkpoint, full=True)
+    state = load_file_checked(checkpoint)
     root = data or data_cfg.root("imagenet")
     counts = check_imagenet(root, expected=None if data else data_cfg.expected_for("imagenet"))
     env = init_distributed()
@@ -60,7 +60,7 @@ def evaluate_stage(
         metrics = evaluate(net, loader, env, cfg.amp_dtype)
         suffix = "_ema" if ema else ""
         result.update({f"top1{suffix}": metrics["top1"], f"top5{suffix}": metrics["top5"], "images": metrics["images"]})
-    out = out or (results_dir(profile, model) / "eval.json" if stage else None)
+    out = out or (results_dir(profile, model) / EVAL if stage else None)
     if out is not None and env.is_main:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(out), result)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secvit.pipelines.settings import load
-from secvit.runs import BEST, results_root, run_dir
+from secvit.runs import BEST, PLOTS, results_root, run_dir
 
 
 @dataclass
@@ -20,6 +20,6 @@ def figures_stage(profile: str, params: Path) -> Path:
 
     cfg = load(params, profile, "figures", FiguresConfig)
     checkpoint = run_dir(profile, cfg.model) / BEST
-    out = results_root(profile) / "plots" / "clusters.png"
+    out = results_root(profile) / PLOTS / "clusters.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     return visualize_clusters(cfg.image, cfg.model, checkpoint=checkpoint, out=out)

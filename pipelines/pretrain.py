@@ -9,7 +9,7 @@ from secvit.pipelines.settings import data_config, load
 from secvit.pipelines.sweep import ablation_config, parse_clusters, sweep_config
 from secvit.errors import SecvitError
 from secvit.engine.config import PretrainConfig
-from secvit.models.variants import VARIANTS, ablation_options
+from secvit.models.variants import ablation_options
 from secvit.runs import results_dir, run_dir, run_key
 
 __all__ = ["pretrain_stage", "results_dir", "run_dir"]  # the run paths live in secvit.runs
@@ -28,9 +28,7 @@ def pretrain_stage(
             raise SecvitError("give --model, --clusters for a run of the table-7 sweep, or --ablation for a table-6 ablation")
         model = ablation_config(params).model if ablation else sweep_config(params).model
     check_model(model)  # before the recipe (drop_path per model) and the dataset
-    options = ablation_options(ablation) if ablation else {}
-    if options and model not in VARIANTS:
-        raise SecvitError(f"--ablation {ablation} is an option of the SecViT family, not of {model}")
+    options = ablation_options(ablation, model)
     data = data_config(params, profile)
     parsed = parse_clusters(clusters) if clusters else None
     name = run_key(model, parsed, ablation)  # the model's own clusters: its plain run

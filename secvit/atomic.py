@@ -32,6 +32,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
+def own_copy(path: str | os.PathLike) -> None:
+    """Make ``path`` a file of its own before writing to it in place (appending): DVC links the files of
+    its outputs to its cache (hardlinks or symlinks, ``.dvc/config``), and an in-place write through
+    such a link would change the cached copy. Files written by :func:`atomic_write` need none of this."""
+    path = Path(path)
+    if path.is_symlink() or (path.is_file() and path.stat().st_nlink > 1):
+        data = path.read_bytes()
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def write_text(path: str | os.PathLike, text: str) -> bool:
     """Write ``text`` atomically unless the file already holds it (its mtime then stays). True if written."""
     path = Path(path)

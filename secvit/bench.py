@@ -1,11 +1,8 @@
-"""Speed benchmarks: SECA implementations at the SecViT-S stage shapes, and whole models.
+"""Speed benchmarks: SECA implementations at the SecViT-S stage shapes, and whole models, with a
+record of the environment that gave each figure and markdown reports (``secvit bench``).
 
-All timing goes through :func:`time_interleaved`: the candidates of one comparison
-run round-robin (A B C, A B C, ...) after a warm-up, and each candidate's figure is
-the median over rounds. On a shared or throttling machine this keeps ratios
-between candidates meaningful even when absolute figures drift.
-:func:`secvit.complexity.throughput` (the complexity stage's throughput column)
-uses the same code.
+Timing itself is :mod:`secvit.timing` (round-robin candidates, medians over rounds), which the
+complexity stage's throughput column shares; this module is no stage's dependency.
 """
 
 from __future__ import annotations
@@ -15,76 +12,19 @@ import datetime
 import math
 import os
 import platform
-import resource
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from secvit.engine.amp import DTYPES
 from secvit.errors import SecvitError
 from secvit.models.seca import seca_fast, seca_reference, unpack_qkv
-
-Progress = Callable[[str], None]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(
-    candidates: dict[str, Callable[[], Any]],
-    device: torch.device | str = "cpu",
-    rounds: int = 5,
-    inner: int = 1,
-    warmup: int = 1,
-    progress: Progress | None = None,
-    page_faults: dict[str, list[float]] | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per call of every candidate, ``rounds`` samples each (each the mean of ``inner`` calls).
-
-    Candidates run round-robin, so slow drifts of the machine hit all of them alike. A
-    ``page_faults`` dict receives, per candidate and round, the minor page faults of this
-    process per call (:func:`minor_page_faults`): on CPU, the cost of memory that the
-    allocator got fresh from the OS.
-    """
-    device = torch.device(device)
-    for name, fn in candidates.items():
-        for _ in range(warmup):
-            fn()
-        if progress:
-            progress(f"warm-up {name}")
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for r in range(rounds):
-        for name, fn in candidates.items():
-            _sync(device)
-            faults = minor_page_faults() if page_faults is not None else 0
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            _sync(device)
-            samples[name].append((time.perf_counter() - start) / inner)
-            if page_faults is not None:
-                page_faults.setdefault(name, []).append((minor_page_faults() - faults) / inner)
-            if progress:
-                progress(f"round {r + 1}/{rounds} {name}")
-    return samples
-
-
-def minor_page_faults() -> int:
-    """Minor page faults of this process so far (``getrusage``): first touches of memory mapped
-    fresh from the OS, as glibc's malloc does for large blocks and after returning heap memory."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def median(samples: list[float]) -> float:
-    return statistics.median(samples)
+from secvit.timing import Progress, inference_step, median, sync, time_interleaved, training_step
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
@@ -92,11 +32,11 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str) -> int:
     CPU: the running total of the profiler's allocation events)."""
     device = torch.device(device)
     if device.type == "cuda":
-        _sync(device)
+        sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         fn()
-        _sync(device)
+        sync(device)
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
@@ -167,16 +107,6 @@ def environment(device: torch.device | str) -> dict[str, Any]:
         # caps on the instruction sets of ATen, oneDNN and MKL (an AVX2 host's kernels on an AVX-512 one)
         "cpu_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k in _CPU_ENV},
     }
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Autocast to ``dtype`` on ``device`` (a no-op for None)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------
@@ -330,60 +260,6 @@ def _no_grad(fn: Callable[[], Any]) -> Any:
 
 # ---------------------------------------------------------------------------
 # Models
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(training)
-
-
-def inference_step(model: nn.Module, inputs: Tensor, dtype: torch.dtype | None) -> Callable[[], Any]:
-    """One no-grad forward pass of ``model`` in eval mode (under autocast to ``dtype``)."""
-
-    def step() -> Any:
-        with torch.no_grad(), _eval_mode(model), autocast(inputs.device, dtype):
-            return model(inputs)
-
-    return step
-
-
-def training_step(model: nn.Module, inputs: Tensor, dtype: torch.dtype | None) -> Callable[[], Any]:
-    """One training step: forward under autocast, cross-entropy, backward, AdamW update."""
-    targets = torch.arange(inputs.shape[0], device=inputs.device) % 10
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True if inputs.device.type == "cuda" else None)
-
-    def step() -> Any:
-        model.train()
-        with autocast(inputs.device, dtype):
-            loss = F.cross_entropy(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
-
-    return step
-
-
-def throughput(
-    model: nn.Module,
-    img_size: int = 224,
-    batch_size: int = 64,
-    steps: int = 30,
-    warmup: int = 10,
-    device: str = "cpu",
-    dtype: torch.dtype | None = None,
-) -> float:
-    """Images per second of inference of one model (median over ``steps`` timed calls)."""
-    dev = torch.device(device)
-    model = model.to(dev)
-    inputs = torch.randn(batch_size, 3, img_size, img_size, device=dev)
-    samples = time_interleaved({"model": inference_step(model, inputs, dtype)}, dev, rounds=steps, warmup=warmup)
-    return batch_size / median(samples["model"])
 
 
 def bench_models(

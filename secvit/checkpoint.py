@@ -56,6 +56,23 @@ _MALFORMED = (
 _PICKLE_PROTOCOLS = (2, 3, 4, 5)  # torch.save writes protocol 2; legacy files may use a later one
 
 
+def unsafe_globals(path: str | Path) -> list[str]:
+    """The globals (``builtins.getattr``, classes) that the pickle of a ``torch.save`` file asks for beyond
+    what weights-only loading allows; empty for a file of tensors and plain containers, or not a zip archive."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip archive, or damaged: loading says what is wrong
+        return []
+
+
+def refused(source: str, names: list[str]) -> str:
+    """The one-line error for a weights file whose pickle asks for ``names``."""
+    return (
+        f"{source} refused: its pickle asks for {', '.join(names[:3])}, which safe (weights-only) loading does not "
+        "run; use a file of tensors (a state dict or safetensors) from a source you trust"
+    )
+
+
 def _not_torch_file(path: Path) -> str | None:
     """Why ``path`` cannot be a ``torch.save`` file (a zip archive holding ``<name>/data.pkl``, or a
     legacy binary pickle), or None when it looks like one. Read before ``torch.load``, so that text or
@@ -78,13 +95,16 @@ def _not_torch_file(path: Path) -> str | None:
     return f"neither a zip archive nor a binary pickle; it starts with {head!r}"
 
 
-def load_file_checked(path: str | Path, full: bool = False) -> dict[str, Any]:
+def load_file_checked(path: str | Path) -> dict[str, Any]:
     """Load a ``.pth``/``.pt``/``.safetensors`` checkpoint or raise a one-line :class:`SecvitError`.
 
-    ``full=True`` allows non-tensor objects (our own training checkpoints, which hold
-    optimizer state and RNG states); released weights load with ``weights_only``.
-    Empty, text, random, truncated or foreign files (a zip archive that torch did not
-    write, a pickle of something else) are one-line errors; so is an unreadable file.
+    Every file loads with torch's ``weights_only`` unpickler, and this module allows it nothing
+    beyond its defaults (tensors, numbers, strings and plain containers): released weights from a
+    file-sharing link, a user's ``--weights`` and our own checkpoints alike (ours hold only such
+    objects, optimizer state included). A pickle that would build anything else (call ``getattr``,
+    import a class) is refused with a one-line error naming what it asked for; so are empty, text,
+    random, truncated or foreign files (a zip archive that torch did not write, a pickle of
+    something else) and unreadable ones.
     """
     path = Path(path)
     if path.is_dir():
@@ -98,9 +118,15 @@ def load_file_checked(path: str | Path, full: bool = False) -> dict[str, Any]:
             problem = _not_torch_file(path)
             if problem is not None:
                 raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({problem})")
-            obj = torch.load(path, map_location="cpu", weights_only=not full)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
         raise SecvitError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
+    except pickle.UnpicklingError as e:
+        names = unsafe_globals(path)
+        if not names:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({first[:120]})") from e
+        raise SecvitError(refused(f"checkpoint {path}", names)) from None
     except _MALFORMED as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({first[:120]})") from e
@@ -142,7 +168,7 @@ def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
 
 def load_weights(model: torch.nn.Module, path: str | Path, ema: bool = False) -> torch.nn.Module:
     """Load released or own weights into a registered model strictly, through its family's checkpoint filter."""
-    checkpoint = load_file_checked(path, full=True)
+    checkpoint = load_file_checked(path)
     return _load_state(model, pick_state_dict(checkpoint, ema, source=str(path)), f"checkpoint {path}")
 
 
@@ -165,7 +191,7 @@ def create_with_weights(model_name: str, path: str | Path, ema: bool = False, **
     """
     from secvit.models.registry import create
 
-    state = pick_state_dict(load_file_checked(path, full=True), ema, source=str(path))
+    state = pick_state_dict(load_file_checked(path), ema, source=str(path))
     classes = classifier_classes(state, model_name)
     if classes is not None:
         kwargs["num_classes"] = classes

@@ -90,8 +90,8 @@ def throughput(
     device: str | None = None,
     dtype: torch.dtype | None = None,
 ) -> float:
-    """Images per second of inference (the paper: A100, batch 64), timed by :mod:`secvit.bench`."""
-    from secvit import bench
+    """Images per second of inference (the paper: A100, batch 64), timed by :mod:`secvit.timing`."""
+    from secvit import timing
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return bench.throughput(create(model_name), img_size, batch_size, steps, warmup, device, dtype)
+    return timing.throughput(create(model_name), img_size, batch_size, steps, warmup, device, dtype)

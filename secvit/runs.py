@@ -20,7 +20,10 @@ from pathlib import Path
 
 from secvit.models.variants import default_clusters
 
-__all__ = ["BEST", "DETECTION", "LAST", "PRETRAIN", "SEGMENTATION", "downstream_key", "results_dir", "results_root", "run_dir", "run_key", "task_results"]
+__all__ = [
+    "BEST", "COMPLEXITY", "CURVES", "DETECTION", "EVAL", "LAST", "LOGS", "METRICS", "PLOTS", "PRETRAIN", "SEGMENTATION",
+    "TABLES", "downstream_key", "logs_dir", "results_dir", "results_root", "run_dir", "run_key", "task_results", "tables_file",
+]
 
 #: The task name of ImageNet pretraining runs.
 PRETRAIN = "pretrain"
@@ -32,6 +35,18 @@ LAST = "last.pth"
 #: A run's best epoch (the paper's convention): ``model`` holds the better of its raw and EMA
 #: weights, named by ``weights``, with ``epoch`` and ``top1``.
 BEST = "best.pth"
+#: A run's summary (``results/<profile>/<task>/<run>/``), read by the tables.
+METRICS = "metrics.json"
+#: A pretraining run's re-evaluation of ``best.pth``, beside its metrics.
+EVAL = "eval.json"
+#: A run's DVCLive curves, beside its metrics.
+CURVES = "dvclive"
+#: A profile's complexity figures, tables and plots (``results/<profile>/``).
+COMPLEXITY = "complexity.json"
+TABLES = "tables.md"
+PLOTS = "plots"
+#: The output of stages run side by side (``runs/<profile>/logs/<stage>.log``).
+LOGS = "logs"
 
 
 def run_key(model: str, clusters: Sequence[int | None] | None = None, ablation: str | None = None) -> str:
@@ -68,6 +83,16 @@ def task_results(root: str | Path, task: str = PRETRAIN) -> Path:
 def results_dir(profile: str, run: str, task: str = PRETRAIN) -> Path:
     """Metrics and curves of a run: ``results/<profile>/<task>/<run>``."""
     return task_results(results_root(profile), task) / run
+
+
+def tables_file(profile: str) -> Path:
+    """A profile's paper tables: ``results/<profile>/tables.md``."""
+    return results_root(profile) / TABLES
+
+
+def logs_dir(profile: str) -> Path:
+    """Logs of a profile's stages run side by side: ``runs/<profile>/logs``."""
+    return Path("runs") / profile / LOGS
 
 
 def run_dir(profile: str, run: str, task: str = PRETRAIN) -> Path:

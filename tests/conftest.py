@@ -59,7 +59,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 def tool_env() -> dict[str, str]:
     """The environment with this interpreter's bin/ first on PATH, so `secvit`, `dvc` and `torchrun` are ours
     (the environment the pipeline gives its stage commands)."""
-    from secvit.pipelines.slurm import stage_env
+    from secvit.orchestrate.slurm import stage_env
 
     return stage_env()
 

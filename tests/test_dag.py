@@ -1,4 +1,4 @@
-"""The local parallel runner of the DAG (`secvit repro all --jobs N`, pipelines/dag.py) on failures.
+"""The local parallel runner of the DAG (`secvit repro all --jobs N`, orchestrate/dag.py) on failures.
 
 Its success path runs in test_pipeline.py (the smoke DAG with two jobs); the SLURM executor shares
 its stale-stage planning and commits (test_slurm.py).
@@ -8,7 +8,7 @@ import pytest
 from conftest import run, scratch_repo
 
 from secvit.errors import SecvitError
-from secvit.pipelines.dag import downstream_of, run_parallel, stale_stages
+from secvit.orchestrate.dag import downstream_of, run_parallel, stale_stages
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_a_failed_stage_skips_its_dependents_and_the_rest_is_committed(tmp_path,
 
 
 def test_jobs_must_be_positive(tmp_path, repo_root):
-    from secvit.pipelines.repro import repro_local
+    from secvit.orchestrate.repro import repro_local
 
     repo = scratch_repo(repo_root, tmp_path / "repo")
     with pytest.raises(SecvitError, match="--jobs must be at least 1, got 0"):

@@ -1,10 +1,12 @@
-"""Every DVC stage depends on all of the project's code that its command runs.
+"""Every DVC stage depends on exactly the project code that computes its outputs.
 
-The import closure of a stage's ``secvit <command>`` is computed from the source: the imports of
-the CLI function itself and of its module, then every import (function-level ones included) of
-each library module reached. CLI modules reached on the way (shared options) count with their
-module-level imports only: their other commands do not run. A module missing from the stage's
-``deps`` would let ``dvc repro`` keep stale results after that module changed.
+The computing closure of a stage's ``secvit <command>`` is found in the source: the imports of the
+CLI function itself and of its module, then every import (function-level ones included) of each
+module reached, except the rooms that dispatch or display a stage and compute none of its outputs
+(:data:`DISPATCH`: the command line, the orchestration of stages, the benchmarks). Both directions
+are checked: a computing module missing from the stage's ``deps`` would let ``dvc repro`` keep stale
+results after it changed; a dispatch module listed would re-run days of training after an edit to
+the SLURM watcher or the benchmark's report. No computing module may import a dispatch module.
 """
 
 import ast
@@ -51,21 +53,40 @@ def _tree(name: str) -> ast.Module:
     return ast.parse(_module_file(name).read_text(encoding="utf-8"))
 
 
+#: Modules that dispatch, launch or display stages, or benchmark them: no stage depends on them.
+DISPATCH = ("secvit.cli", "secvit.orchestrate", "secvit.bench")
+
+
+def is_dispatch(name: str) -> bool:
+    return any(name == room or name.startswith(room + ".") for room in DISPATCH)
+
+
 def import_closure(module: str, function: str) -> set[str]:
-    """Repository files of the project modules that ``module.function`` reaches."""
+    """Repository files of the computing modules that ``module.function`` (a CLI command) reaches."""
     tree = _tree(module)
     body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
-    todo = _project_names(tree.body) | _project_names(ast.walk(body)) | {module}
+    todo = {n for n in _project_names(tree.body) | _project_names(ast.walk(body)) if not is_dispatch(n)}
     seen: set[str] = set()
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        tree = _tree(name)
-        nodes = tree.body if name.startswith("secvit.cli.") else ast.walk(tree)
-        todo |= _project_names(nodes) - seen
+        named = _project_names(ast.walk(_tree(name)))
+        wrong = sorted(n for n in named if is_dispatch(n))
+        assert not wrong, f"{name} computes stage outputs but imports {wrong}, which dispatch or display stages"
+        todo |= named - seen
     return {str(_module_file(n).relative_to(ROOT)) for n in seen}
+
+
+def dispatch_files() -> set[str]:
+    """Repository files of the dispatch rooms."""
+    files = set()
+    for room in DISPATCH:
+        path = _module_file(room)
+        found = path.parent.rglob("*.py") if path.name == "__init__.py" else [path]
+        files |= {str(f.relative_to(ROOT)) for f in found}
+    return files
 
 
 def _commands() -> dict[str, tuple[str, str]]:
@@ -95,11 +116,15 @@ def _covered(path: str, deps: list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
-def test_closure_follows_function_level_imports():
+def test_closure_follows_function_level_imports_and_stops_at_dispatch():
     closure = import_closure("secvit.cli.downstream", "detect")
-    assert {"pipelines/downstream.py", "secvit/downstream/run.py", "secvit/data/layout.py", "cli/train.py"} <= closure
+    assert {"pipelines/downstream.py", "secvit/downstream/run.py", "secvit/data/layout.py"} <= closure
     assert "secvit/engine/train.py" not in closure  # secvit.cli.train's pretrain command does not run
     assert "secvit/engine/train.py" in import_closure("secvit.cli.train", "pretrain")
+    dispatch = dispatch_files()
+    assert {"cli/train.py", "orchestrate/slurm.py", "orchestrate/launch.py", "secvit/bench.py"} <= dispatch
+    for command in (("secvit.cli.train", "pretrain"), ("secvit.cli.downstream", "detect"), ("secvit.cli.models", "complexity")):
+        assert not import_closure(*command) & dispatch, command
 
 
 def test_every_stage_depends_on_the_code_it_runs():
@@ -113,4 +138,16 @@ def test_every_stage_depends_on_the_code_it_runs():
         if lacking:
             missing[name] = lacking
     assert not missing, "dvc.yaml stages miss code they run:\n" + "\n".join(f"{k}: {v}" for k, v in missing.items())
+
+
+def test_no_stage_depends_on_the_code_that_dispatches_it():
+    """The command line, the DAG runner, the SLURM executor, the launcher and the benchmarks: editing
+    them leaves every stage's results valid."""
+    dispatch = dispatch_files()
+    listed = {}
+    for name, _cmd, deps in _stages(ROOT):
+        found = sorted(f for f in dispatch if _covered(f, deps))
+        if found:
+            listed[name] = found
+    assert not listed, "dvc.yaml stages depend on dispatch code:\n" + "\n".join(f"{k}: {v}" for k, v in listed.items())
 

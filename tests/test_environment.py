@@ -49,12 +49,12 @@ def test_cli_and_pipelines_are_installed_inside_the_secvit_namespace(repo_root, 
     import sys
 
     code = (
-        "import importlib.util as u, secvit.cli.main, secvit.pipelines.slurm as s;"
+        "import importlib.util as u, secvit.cli.main, secvit.orchestrate.slurm as s;"
         "print(u.find_spec('cli'), u.find_spec('pipelines'), secvit.cli.main.__file__, s.__file__, sep='|')"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     cli_spec, pipelines_spec, main_file, slurm_file = out.stdout.strip().split("|")
     assert (cli_spec, pipelines_spec) == ("None", "None")
-    assert (main_file, slurm_file) == (str(repo_root / "cli/main.py"), str(repo_root / "pipelines/slurm.py"))
+    assert (main_file, slurm_file) == (str(repo_root / "cli/main.py"), str(repo_root / "orchestrate/slurm.py"))
     entry = [e for e in __import__("importlib.metadata").metadata.entry_points(group="console_scripts") if e.name == "secvit"]
     assert [e.value for e in entry] == ["secvit.cli.main:app"]

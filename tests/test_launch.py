@@ -1,5 +1,5 @@
 """A stage started as one process where several devices are visible trains with one DDP process per
-device (pipelines/launch.py); SECVIT_CPU_DEVICES stands in for GPUs on a CPU-only machine."""
+device (orchestrate/launch.py); SECVIT_CPU_DEVICES stands in for GPUs on a CPU-only machine."""
 
 import json
 import os
@@ -28,8 +28,8 @@ def test_one_process_with_two_devices_trains_as_two_ddp_processes(tmp_path, repo
 
 
 def test_device_count_and_executor_settings(monkeypatch):
-    from secvit.pipelines.launch import visible_devices
-    from secvit.pipelines.slurm import executor_choice
+    from secvit.orchestrate.launch import visible_devices
+    from secvit.orchestrate.slurm import executor_choice
     from secvit.errors import SecvitError
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)

@@ -32,7 +32,7 @@ def smoke_repo(tmp_path_factory, repo_root):
     for dataset in ("coco", "ade20k"):  # half the generated images: 4 training steps, 4 images to evaluate
         params["smoke"]["data"]["generate"][dataset].update(train_images=8, val_images=4)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    first = run(repo, "secvit", "repro", "all", "--jobs", "2")  # stages side by side (pipelines/dag.py)
+    first = run(repo, "secvit", "repro", "all", "--jobs", "2")  # stages side by side (orchestrate/dag.py)
     yield repo, first
     shutil.rmtree(repo, ignore_errors=True)  # gigabytes of checkpoints and DVC cache
 

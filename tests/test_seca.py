@@ -7,21 +7,9 @@ import math
 import pytest
 import torch
 
-from secvit.models.seca import (
-    SECA,
-    DepthwiseConv,
-    RotaryEmbedding2d,
-    cluster_sizes,
-    pointwise_linear,
-    rotate_packed,
-    seca_fast,
-    seca_reference,
-    semantic_order,
-    stable_argsort,
-    unpack_qkv,
-)
-import secvit.models.seca as seca_module
-import secvit.models.secvit as secvit_module
+from secvit.models import kernels
+from secvit.models.kernels import cache_block, pointwise_linear, stable_argsort
+from secvit.models.seca import SECA, DepthwiseConv, RotaryEmbedding2d, cluster_sizes, rotate_packed, seca_fast, seca_reference, semantic_order, unpack_qkv
 from secvit.models.secvit import SecStage
 
 
@@ -31,10 +19,11 @@ def packed(n: int, heads: int = 2, d: int = 8, batch: int = 2, seed: int = 0, dt
     return torch.randn(batch, n, 3, heads, d, generator=g, dtype=dtype)
 
 
-@pytest.fixture(params=[False, True], ids=["cpu-matmuls", "cpu-sdpa"])
-def cpu_kernel(request, monkeypatch):
-    """Both CPU attention kernels, whichever this host selects (seca._CPU_FLASH)."""
-    monkeypatch.setattr(seca_module, "_CPU_FLASH", request.param)
+@pytest.fixture(params=["matmul", "sdpa"], ids=["cpu-matmuls", "cpu-sdpa"])
+def cpu_kernel(request):
+    """Both CPU attention kernels, whichever this host selects (kernels.cpu_attention)."""
+    with kernels.use_cpu_attention(request.param):
+        yield request.param
 
 
 def reference(qkv, clusters):
@@ -228,12 +217,14 @@ def test_cache_blocked_stage_computes_the_whole_batch(monkeypatch):
     x = torch.randn(3, 16, 9, 11)
     with torch.no_grad():
         tokens, _ = stage.tokens(x)
-        assert secvit_module._cache_block(tokens) == 0  # small maps: the whole batch at once
+        assert cache_block(tokens) == 0  # small maps: the whole batch at once
         whole = stage(x)
-        monkeypatch.setattr(secvit_module, "CACHE_BLOCK_BYTES", 1)
-        assert secvit_module._cache_block(tokens) == 1  # now one image per chunk
+        monkeypatch.setattr(kernels, "CACHE_BLOCK_BYTES", 1)  # the documented budget
+        assert cache_block(tokens) == 1  # now one image per chunk
         chunked = stage(x)
-    assert secvit_module._cache_block(tokens) == 0  # with gradients: never split
+        with kernels.enabled_as(False):
+            assert cache_block(tokens) == 0  # fast paths off: never split
+    assert cache_block(tokens) == 0  # with gradients: never split
     torch.testing.assert_close(chunked, whole)
 
 
@@ -331,3 +322,61 @@ def test_inference_follows_every_change_of_the_weights():
         twin.weight.add_(1.0)
     check(twin)
     check(layer)
+
+
+def _ops(fn) -> set[str]:
+    """Names of the operators that ``fn()`` runs (torch's profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+def test_the_switch_turns_every_fast_path_off_with_equal_outputs_and_gradients():
+    """secvit_tiny with the fast paths on and off (kernels.enabled_as; SECVIT_FAST_KERNELS in a new
+    process): equal inference outputs, training outputs and gradients; switched off, none of the fast
+    kernels (oneDNN linear, in-place softmax) runs, while switched on the CPU inference runs them."""
+    import subprocess
+    import sys
+
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("secvit_tiny", num_classes=10).eval()
+    x = torch.randn(3, 3, 72, 88)  # 18x22 tokens in stage 1: clusters do not divide them
+
+    def infer():
+        with torch.no_grad():
+            return model(x)
+
+    def train():
+        model.zero_grad(set_to_none=True)
+        inputs = x.clone().requires_grad_()
+        out = model.train()(inputs)
+        out.square().sum().backward()
+        model.eval()
+        return out.detach(), inputs.grad, {n: p.grad for n, p in model.named_parameters()}
+
+    assert kernels.enabled()
+    fast_out, fast_train = infer(), train()
+    fast_ops = _ops(infer)
+    with kernels.enabled_as(False):
+        assert not kernels.enabled()
+        plain_out, plain_train = infer(), train()
+        plain_ops = _ops(infer)
+    assert kernels.enabled()
+    torch.testing.assert_close(fast_out, plain_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_train[0], plain_train[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fast_train[1], plain_train[1], rtol=1e-4, atol=1e-4)
+    for name, grad in fast_train[2].items():
+        torch.testing.assert_close(grad, plain_train[2][name], rtol=1e-3, atol=1e-4, msg=name)
+    fast_kernels = {"mkldnn::_linear_pointwise", "aten::_softmax"}
+    if torch.backends.mkldnn.is_available():
+        assert "mkldnn::_linear_pointwise" in fast_ops
+    assert not fast_kernels & plain_ops, fast_kernels & plain_ops
+    probe = "from secvit.models import kernels; print(kernels.enabled())"
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = {**__import__("os").environ, "SECVIT_FAST_KERNELS": value}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+        assert out.strip() == expected

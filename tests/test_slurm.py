@@ -158,7 +158,7 @@ def test_requeued_job_resumes_to_identical_result(scratch):
     shutil.copytree(ref / "data", req / "data")
     shutil.copytree(ref / "results", req / "results")
 
-    from secvit.pipelines.slurm import job_state, load_slurm_config, log_tail, stage_argv, submit
+    from secvit.orchestrate.slurm import job_state, load_slurm_config, log_tail, stage_argv, submit
 
     argv = stage_argv("pretrain", {"profile": "smoke", "model": "secvit_tiny"})
     reference = submit(argv, ref, load_slurm_config(ref / "params.yaml"), "reference", "pretrain", ref / "runs/slurm/smoke/%j")
@@ -180,7 +180,7 @@ def test_requeued_job_resumes_to_identical_result(scratch):
 def test_usr2_before_time_limit_checkpoints_and_requeues(tmp_path):
     """The time-limit path: USR2 reaches submitit (not the stage), which calls StageJob.checkpoint,
     requeues the job, and the requeued job runs the stage command again."""
-    from secvit.pipelines.slurm import cancel, job_state, load_slurm_config, log_tail, submit
+    from secvit.orchestrate.slurm import cancel, job_state, load_slurm_config, log_tail, submit
 
     stage = "import pathlib, time; p = pathlib.Path('starts'); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); time.sleep(10)"
     job = submit([sys.executable, "-c", stage], tmp_path, load_slurm_config(ROOT / "params.yaml"), "usr2", "data", tmp_path / "jobs/%j")
@@ -221,11 +221,11 @@ def _interval(job_id: str) -> tuple[float, float]:
 
 def test_dag_runs_stale_stages_in_parallel_and_commits_them(scratch):
     repo = scratch()
-    from secvit.pipelines.slurm_dag import repro_slurm, stale_stages
+    from secvit.orchestrate.slurm_dag import repro_slurm, stale_stages
 
     assert {p.name for p in stale_stages(repo, DAG_TARGETS)} == DAG_STAGES == set(dvc_status(repo, DAG_TARGETS))
     # Submit from a first orchestrator, interrupt it once every job is queued, then re-attach.
-    script = f"from pathlib import Path; from secvit.pipelines.slurm_dag import repro_slurm; repro_slurm('smoke', Path('.'), {DAG_TARGETS!r}, 1.0)"
+    script = f"from pathlib import Path; from secvit.orchestrate.slurm_dag import repro_slurm; repro_slurm('smoke', Path('.'), {DAG_TARGETS!r}, 1.0)"
     first = subprocess.Popen([sys.executable, "-c", script], cwd=repo, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     jobs_file = repo / "runs/slurm/smoke/jobs.json"
     try:
@@ -284,7 +284,7 @@ def test_failed_job_reports_log_tail_and_exit_code(scratch):
 
 def test_dag_failure_cancels_dependents_and_commits_the_rest(scratch):
     repo = scratch(params={"smoke.pretrain.epochs": "two"})  # pretrain and evaluate reject the params file
-    from secvit.pipelines.slurm_dag import repro_slurm
+    from secvit.orchestrate.slurm_dag import repro_slurm
     from secvit.errors import SecvitError
 
     with pytest.raises(SecvitError) as failure:
@@ -304,7 +304,7 @@ def test_dag_failure_cancels_dependents_and_commits_the_rest(scratch):
 
 def test_slurm_settings_and_executor(tmp_path):
     from secvit.errors import SecvitError
-    from secvit.pipelines.slurm import load_slurm_config, make_executor, stage_kind
+    from secvit.orchestrate.slurm import load_slurm_config, make_executor, stage_kind
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     path = tmp_path / "params.yaml"

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import one_line_error, secvit_in_process
-from secvit.bench import appendix_e_seca, bench_seca, environment, models_markdown, peak_memory, seca_shapes, time_interleaved
+from secvit.bench import appendix_e_seca, bench_seca, environment, models_markdown, peak_memory, seca_shapes
+from secvit.timing import time_interleaved
 from secvit.engine.config import PretrainConfig
 from secvit.engine.train import apply_speed_options, build_optimizer
 from secvit.models import create

@@ -11,10 +11,10 @@ and ``mmseg.registry.MODELS`` fall back to. It returns the stage maps that the t
 LayerNorm (``out_norm``, as Swin's and its family's detection backbones do); it knows nothing
 about any one model family.
 
-Importing this module also makes two things of the stack work as a researcher expects:
-checkpoints written atomically (the ``atomic_local`` file backend, used by the configs'
-``CheckpointHook``), and ``resume=True`` under torch >= 2.6, whose ``torch.load`` defaults to
-``weights_only`` and would reject mmengine's own objects in its checkpoints.
+Importing this module also registers the ``atomic_local`` file backend (checkpoints written
+atomically, used by the configs' ``CheckpointHook``). It changes nothing of torch's safe loading:
+mmengine's own objects in a resumed checkpoint are allowed only around that one load
+(:class:`secvit.downstream.hooks.SafeResumeHook`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from numpy._core.multiarray import _reconstruct, scalar
 from mmengine.fileio import LocalBackend, register_backend
-from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from timm.layers import LayerNorm2d
@@ -50,14 +46,6 @@ class AtomicLocalBackend(LocalBackend):
 
     def put_text(self, obj: str, filepath: str | Path, encoding: str = "utf-8") -> None:
         self.put(obj.encode(encoding), filepath)
-
-
-# mmengine checkpoints hold its log history (HistoryBuffer, which pickles its statistics methods through
-# getattr) and numpy arrays and scalars next to the tensors. These are the work directory's own files.
-torch.serialization.add_safe_globals(
-    [HistoryBuffer, getattr, np.dtype, np.ndarray, _reconstruct, scalar]
-    + [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-)
 
 
 @MODELS.register_module()

@@ -2,13 +2,63 @@
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+import torch
 from mmengine.hooks import Hook
+from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import HOOKS, MODEL_WRAPPERS
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-__all__ = ["CpuDistributedDataParallel", "RichProgressHook"]
+__all__ = ["CpuDistributedDataParallel", "RichProgressHook", "SafeResumeHook", "resume_globals"]
+
+
+def resume_globals() -> list:
+    """What mmengine's resumable checkpoints hold besides tensors: its log history (``HistoryBuffer``,
+    which pickles its statistics methods through ``getattr``) and numpy arrays, dtypes and scalars (their
+    reconstructors taken from numpy's own pickling, not from its private modules)."""
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return [HistoryBuffer, getattr, np.dtype, np.ndarray, np.zeros(1).__reduce__()[0], np.float64(0).__reduce__()[0], *dtypes]
+
+
+def load_own_checkpoint(filename: str, mmap: bool = False) -> dict:
+    """A checkpoint that mmengine wrote in a work directory, loaded with :func:`resume_globals` allowed."""
+    with torch.serialization.safe_globals(resume_globals()):
+        return torch.load(filename, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+@HOOKS.register_module()
+class SafeResumeHook(Hook):
+    """Resume (or load ``load_from``) from the work directory's own checkpoint under torch's
+    ``weights_only`` loading, with :func:`resume_globals` allowed for that one load only
+    (``torch.serialization.safe_globals``). A finished run's checkpoint, which keeps no optimizer
+    state (:func:`secvit.downstream.run.finish_checkpoints`), resumes its weights and position only.
+
+    Nothing is allowed process-wide: every other ``torch.load`` (backbone weights, released files)
+    keeps refusing pickles that build anything but tensors and plain containers.
+    """
+
+    priority = "VERY_HIGH"
+
+    def before_run(self, runner) -> None:  # runs before Runner.load_or_resume
+        resume, load_checkpoint = runner.resume, runner.load_checkpoint
+
+        @functools.wraps(resume)
+        def safe_resume(filename, *args, **kwargs):
+            if "optimizer" not in load_own_checkpoint(filename, mmap=True):
+                kwargs.update(resume_optimizer=False, resume_param_scheduler=False)
+            with torch.serialization.safe_globals(resume_globals()):
+                return resume(filename, *args, **kwargs)
+
+        @functools.wraps(load_checkpoint)
+        def safe_load(*args, **kwargs):
+            with torch.serialization.safe_globals(resume_globals()):
+                return load_checkpoint(*args, **kwargs)
+
+        runner.resume, runner.load_checkpoint = safe_resume, safe_load
 
 
 @HOOKS.register_module()

@@ -22,7 +22,7 @@ from secvit.engine.distributed import launched_world_size
 from secvit.errors import SecvitError
 
 __all__ = [
-    "Schedule", "prepare_config", "swap_backbone", "latest_checkpoint", "run", "model_complexity", "curve_rows",
+    "Schedule", "prepare_config", "swap_backbone", "latest_checkpoint", "finish_checkpoints", "run", "model_complexity", "curve_rows",
     "detection_summary", "segmentation_summary",
 ]
 
@@ -45,6 +45,7 @@ class Schedule:
     workers: int | None = None
     image_scale: float = 1.0  # multiplies every image size of the pipelines (smoke runs)
     checkpoint_every: int | None = None
+    keep_checkpoints: int | None = None  # checkpoints kept in the work dir (mmengine's max_keep_ckpts)
     val_every: int | None = None
     score_thr: float | None = None  # detection test score threshold
     log_every: int | None = None
@@ -125,6 +126,8 @@ def _apply_schedule(cfg: Any, s: Schedule) -> None:
         cfg["train_cfg"]["val_interval"] = s.val_every
     if s.checkpoint_every is not None:
         cfg["default_hooks"]["checkpoint"]["interval"] = s.checkpoint_every
+    if s.keep_checkpoints is not None:
+        cfg["default_hooks"]["checkpoint"]["max_keep_ckpts"] = s.keep_checkpoints
     if s.log_every is not None:
         cfg["default_hooks"]["logger"]["interval"] = s.log_every
         cfg.setdefault("log_processor", {})["window_size"] = s.log_every
@@ -182,7 +185,7 @@ def prepare_config(
             cfg.model_wrapper_cfg = dict(
                 type="CpuDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=cfg.get("find_unused_parameters", False)
             )
-    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="RichProgressHook")]
+    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="SafeResumeHook"), dict(type="RichProgressHook")]
     return cfg
 
 
@@ -198,6 +201,21 @@ def latest_checkpoint(work_dir: str | Path) -> str | None:
         if kind in ("epoch", "iter") and number.isdigit():
             found.append((int(number), str(path)))
     return max(found)[1] if found else None
+
+
+def finish_checkpoints(work_dir: str | Path) -> None:
+    """After a finished run (trained and tested), its work directory's checkpoints keep the weights and
+    position only: resuming needs no optimizer or scheduler state once nothing is left to train (AdamW's
+    two moments are two thirds of a checkpoint)."""
+    from secvit.checkpoint import atomic_save
+    from secvit.downstream.hooks import load_own_checkpoint
+
+    for path in Path(work_dir).glob("*.pth"):
+        checkpoint = load_own_checkpoint(str(path))
+        if "optimizer" in checkpoint or "param_schedulers" in checkpoint:
+            checkpoint.pop("optimizer", None)
+            checkpoint.pop("param_schedulers", None)
+            atomic_save(checkpoint, path)
 
 
 def run(cfg: Any) -> dict[str, float]:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from secvit.engine.amp import autocast, recipe_dtype
 from secvit.engine.distributed import DistEnv, all_reduce_sum
-
-
-def autocast(env: DistEnv, dtype: str | None):
-    """bf16/fp16 autocast on GPU; a no-op on CPU."""
-    if env.device.type != "cuda" or dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=getattr(torch, dtype))
 
 
 @torch.no_grad()
@@ -25,7 +17,7 @@ def evaluate(model: nn.Module, loader: DataLoader, env: DistEnv, amp_dtype: str 
     counts = torch.zeros(3, dtype=torch.float64, device=env.device)  # top1, top5, total
     for images, targets in loader:
         images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
-        with autocast(env, amp_dtype):
+        with autocast(env.device, recipe_dtype(amp_dtype, env.device)):
             logits = model(images)
         topk = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
         hits = topk == targets[:, None]

@@ -30,18 +30,19 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from secvit.atomic import write_json
+from secvit.atomic import own_copy, write_json
 from secvit.checkpoint import atomic_save, load_file_checked
 from secvit.data.imagenet import read_skips
 from secvit.data.layout import check_imagenet
 from secvit.engine import live
 from secvit.engine.config import PretrainConfig
 from secvit.engine.distributed import DistEnv, barrier, init_distributed
-from secvit.engine.evaluate import autocast, evaluate
+from secvit.engine.amp import autocast, recipe_dtype
+from secvit.engine.evaluate import evaluate
 from secvit.engine.loaders import build_eval_loader, build_train_loader, derived_seed, seed_everything, set_epoch
 from secvit.errors import SecvitError
 from secvit.models.registry import create
-from secvit.runs import BEST, LAST
+from secvit.runs import BEST, CURVES, LAST, METRICS
 
 console = Console(stderr=True)
 
@@ -63,11 +64,11 @@ class RunDir:
 
     @property
     def metrics(self) -> Path:
-        return self.results / "metrics.json"
+        return self.results / METRICS
 
     @property
     def live(self) -> Path:
-        return self.results / "dvclive"
+        return self.results / CURVES
 
     @property
     def skips(self) -> Path:
@@ -198,7 +199,7 @@ def resume(run: RunDir, training: Training, identity: dict[str, Any], cfg: Pretr
     """
     if not run.last.exists():
         return Position()
-    state = load_file_checked(run.last, full=True)
+    state = load_file_checked(run.last)
     if {key: state.get(key) for key in identity} != identity:
         raise SecvitError(f"{run.last} belongs to another run ({state.get('model_name')}); remove {run.root} to start over")
     changed = changed_settings(state.get("config"), cfg) if cfg is not None else []
@@ -208,22 +209,27 @@ def resume(run: RunDir, training: Training, identity: dict[str, Any], cfg: Pretr
     training.model.load_state_dict(state["model"])
     if training.ema is not None:
         training.ema.module.load_state_dict(state["model_ema"])
-    training.optimizer.load_state_dict(state["optimizer"])
-    training.scheduler.load_state_dict(state["scheduler"])
+    if state.get("optimizer") is not None:  # a finished run's last.pth keeps none: nothing is left to train
+        training.optimizer.load_state_dict(state["optimizer"])
+        training.scheduler.load_state_dict(state["scheduler"])
     return Position(state["epoch"], state["batch"], state["history"], state["partial"])
 
 
 def save_last(run: RunDir, training: Training, position: Position, identity: dict[str, Any], cfg: PretrainConfig, env: DistEnv) -> None:
-    """Write ``last.pth`` (main process, atomically) at ``position``; every rank waits for it."""
+    """Write ``last.pth`` (main process, atomically) at ``position``; every rank waits for it.
+
+    Once the run has trained every epoch, resuming needs no optimizer or scheduler state, and the
+    file keeps the final raw and EMA weights only (half the size: AdamW's two moments are gone)."""
     if env.is_main:
         ema = training.ema
+        finished = position.epoch >= cfg.epochs and position.batch == 0
         atomic_save(
             {
                 **identity,
                 "model": training.model.state_dict(),
                 "model_ema": ema.module.state_dict() if ema is not None else None,
-                "optimizer": training.optimizer.state_dict(),
-                "scheduler": training.scheduler.state_dict(),
+                "optimizer": None if finished else training.optimizer.state_dict(),
+                "scheduler": None if finished else training.scheduler.state_dict(),
                 "epoch": position.epoch,
                 "batch": position.batch,
                 "history": position.history,
@@ -270,7 +276,7 @@ def train_one_epoch(
         boundary = (batch + 1) % accum == 0  # the last batch of an optimizer step
         sync = nullcontext() if boundary or not env.distributed else train_model.no_sync()
         with sync:
-            with autocast(env, cfg.amp_dtype):
+            with autocast(env.device, recipe_dtype(cfg.amp_dtype, env.device)):
                 loss = training.criterion(train_model(images), targets)
             (loss / accum).backward()
         if not math.isfinite(loss.item()):
@@ -365,6 +371,9 @@ def pretrain(
     if env.distributed:
         training.train_model = DistributedDataParallel(training.train_model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
 
+    if env.is_main:
+        own_copy(run.skips)  # appended in place below; DVC may have linked it to its cache
+    barrier()
     train_loader = build_train_loader(Path(data_root), cfg, env, run.skips)
     val_loader = build_eval_loader(Path(data_root), cfg.img_size, cfg.eval_crop_pct, cfg.interpolation, cfg.batch_per_device, cfg.workers, env, run.skips)
     batches = len(train_loader.sampler.sampler) // cfg.batch_per_device

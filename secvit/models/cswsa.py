@@ -26,7 +26,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor
 
-from secvit.models.seca import RotaryAttention, attend
+from secvit.models.kernels import attend
+from secvit.models.seca import RotaryAttention
 
 __all__ = ["CSWSA", "STRIPES", "cross_shaped_attention"]
 

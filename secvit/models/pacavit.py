@@ -20,8 +20,6 @@ its z with their own x. M = 0 (stage 4) is plain global attention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -29,18 +27,10 @@ from timm.layers import DropPath
 from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from secvit.models.variants import Variant
 from secvit.models.staged import ClassifierHead, StagedBackbone, build, imagenet_cfg, init_weights
 
 __all__ = ["PaCaViT", "VARIANTS"]
-
-
-@dataclass(frozen=True)
-class Variant:
-    widths: tuple[int, int, int, int]
-    depths: tuple[int, int, int, int]
-    heads: tuple[int, int, int, int]
-    drop_path_rate: float
-    clusters: tuple[int, int, int, int] = (100, 100, 100, 0)
 
 
 VARIANTS: dict[str, Variant] = {

@@ -33,17 +33,27 @@ gradients up to float rounding):
   (a gather, not a scatter-add). When clusters do not divide the tokens, short
   clusters get one padding slot that is masked out as a key and dropped as a
   query, so padding never affects real tokens.
+
+Hardware-specific speed paths (the CPU sort, attention kernels, oneDNN projections, depthwise
+convolution rules) live in :mod:`secvit.models.kernels`, behind one switch; this file holds the
+maths, in the paper's order: cluster sizes, semantic order, the reference, the packed fast
+layout, and the modules.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from secvit.models.kernels import attend, depthwise_conv, depthwise_residual, in_place_ok, pointwise_linear, records_grad, stable_argsort
+
+# torch.fx: the kernels branch on device, dtype and grad mode; symbolic tracing records each as one call
+torch.fx.wrap("pointwise_linear")
+torch.fx.wrap("depthwise_conv")
+torch.fx.wrap("depthwise_residual")
 
 
 def cluster_sizes(num_tokens: int, num_clusters: int) -> list[int]:
@@ -68,95 +78,9 @@ def semantic_order(k: Tensor) -> Tensor:
     return stable_argsort(score)
 
 
-def stable_argsort(score: Tensor) -> Tensor:
-    """``score.argsort(dim=-1, stable=True)``: ascending, equal scores in token order.
-
-    In CPU eager mode, for float32 and narrower scores, numpy sorts one unique int64 key per
-    token instead: the score's bits mapped to an order-preserving int32 (``-0.0`` counted as
-    ``0.0``), then the token index. Same order (scores are not NaN), and 2-5x faster than
-    ``torch.sort`` at SecViT-S's shapes (numpy sorts int64 with AVX-512 where the CPU has it).
-    """
-    if (
-        score.device.type != "cpu"
-        or score.dtype == torch.float64
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-    ):
-        return score.argsort(dim=-1, stable=True)
-    bits = (score.detach().float() + 0.0).numpy().view(np.int32)  # + 0.0: a new contiguous array, -0.0 -> 0.0
-    key = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64) << 32  # negatives: larger magnitude, smaller key
-    key |= np.arange(score.shape[-1], dtype=np.int64)
-    key.sort(axis=-1)
-    return torch.from_numpy(key & 0xFFFFFFFF)
-
-
 def _gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     """``x[b, h, index[b, h, i]]`` for (B, heads, N, d) tensors."""
     return x.gather(2, index.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1]))
-
-
-def _records_grad(*tensors: Tensor | None) -> bool:
-    """Whether autograd records an op on ``tensors`` (the fast paths below run only when it does not)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-# CPU attention kernel, measured at SecViT-S's stage shapes with 2 threads (docs/benchmarks.md): on
-# the AMD EPYC host (native bf16, so AVX-512 as on Zen 4, no AMX) chunked matmuls beat torch's CPU
-# flash-attention kernel (inference 1.2-1.6x, forward+backward 1.3-1.9x); on the Xeon with AVX-512
-# and AMX the flash kernel wins (forward+backward 1.2-2.0x, inference 1.0-1.2x) and, allocating no
-# score matrices, keeps forward+backward free of page faults; in bfloat16 it is no faster in
-# inference and its backward is 5x slower than the matmuls' (same host). AVX-512 alone does not tell
-# the two hosts apart; AMX does (as a mark of the Xeon's full-width AVX-512 units), and a host with
-# neither measurement keeps the matmuls.
-_CPU_FLASH = torch.backends.cpu.get_cpu_capability().startswith("AVX512") and torch.cpu._is_amx_tile_supported()
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """softmax(q k^T) v with keys already scaled (the released model scales k by d^-0.5).
-
-    ``q, k, v``: (B, G, L, d); ``mask``: boolean, broadcastable to (G, L, L), True where a
-    key may be attended. On GPU ``scaled_dot_product_attention`` (fused kernels). On CPU the
-    kernel depends on the host (:data:`_CPU_FLASH`): with AVX-512 and AMX in float32 also SDPA
-    (its flash-attention kernel); otherwise without gradients :func:`_attend_in_chunks`, with
-    gradients plain matmuls. Under ``torch.jit`` tracing always the SDPA call, which FLOP
-    counters (fvcore) leave out as the paper's FLOP convention does.
-    """
-    if q.device.type != "cpu" or torch.jit.is_tracing() or (_CPU_FLASH and q.dtype == torch.float32):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-    if not _records_grad(q, k, v):
-        return _attend_in_chunks(q, k, v, mask)
-    scores = q @ k.transpose(-1, -2)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1) @ v
-
-
-_CHUNK_SCORES = 640_000  # attention scores per chunk: 2.5 MB in fp32 (66 clusters of 98 tokens; best of 4-64 measured)
-
-
-def _attend_in_chunks(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """:func:`attend` as batched matmuls and an in-place softmax over chunks of (sample, group)
-    pairs whose scores stay in cache. At SecViT-S's stage shapes on the EPYC host (batch 8,
-    2 threads) 1.2-1.6x faster than the CPU flash-attention kernel, whose 32-query blocks
-    fit 98-token clusters badly (see :data:`_CPU_FLASH` for the AMX host)."""
-    bsz, groups, length, dim = q.shape
-    if mask is None and bsz * groups * length * length <= _CHUNK_SCORES:  # one chunk: matmuls on the views, no copies
-        return (q @ k.transpose(-1, -2)).softmax(dim=-1) @ v
-    q, k, v = (t.reshape(bsz * groups, length, dim) for t in (q, k, v))
-    if mask is not None:  # True where masked out; a (G, 1, L) key mask stays one row per group, not L x L
-        mask = ~mask.expand(groups, *mask.shape[-2:]).repeat(bsz, 1, 1)
-    out = torch.empty_like(q)
-    step = max(1, _CHUNK_SCORES // (length * length))
-    buffer = q.new_empty(min(step, q.shape[0]), length, length)
-    for start in range(0, q.shape[0], step):
-        end = min(start + step, q.shape[0])
-        scores = buffer[: end - start]
-        torch.bmm(q[start:end], k[start:end].transpose(1, 2), out=scores)
-        if mask is not None:
-            scores.masked_fill_(mask[start:end], float("-inf"))
-        torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # row by row, safe in place
-        torch.bmm(scores, v[start:end], out=out[start:end])
-    return out.view(bsz, groups, length, dim)
 
 
 def seca_reference(q: Tensor, k: Tensor, v: Tensor, num_clusters: int) -> Tensor:
@@ -204,7 +128,7 @@ def _select_rows(x: Tensor, index: Tensor, permutation: bool) -> Tensor:
     ``autograd.Function.apply`` costs about 0.1 ms per call in Python (it inspects the
     signature), more than the select at small sizes.
     """
-    if permutation and _records_grad(x):
+    if permutation and records_grad(x):
         return _RowPermutation.apply(x, index, _inverse(index))
     return x.index_select(0, index)
 
@@ -321,7 +245,7 @@ def rotate_packed(qkv: Tensor, tables: Tensor, reuse: bool = False) -> Tensor:
     """
     qk, v = qkv[:, :, :2], qkv[:, :, 2:]
     wide = torch.promote_types(qkv.dtype, torch.float32)
-    if reuse and not _records_grad(qkv) and qkv.is_contiguous():
+    if reuse and in_place_ok(qkv):
         # inference: rotate q and k in place (no concatenation with v, no new tensor)
         work = qk if qkv.dtype == wide else qk.to(wide)
         torch.view_as_complex(work.unflatten(-1, (-1, 2))).mul_(tables)
@@ -336,44 +260,6 @@ def rotate_packed(qkv: Tensor, tables: Tensor, reuse: bool = False) -> Tensor:
 torch.fx.wrap("rotate_packed")
 
 
-_ONEDNN = torch.backends.mkldnn.is_available()
-_ONEDNN_BF16 = _ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def _onednn_dtype(x: Tensor, weight: Tensor, bias: Tensor | None) -> torch.dtype | None:
-    """The dtype of a oneDNN linear for CPU inference: float32 without autocast, bfloat16 under
-    CPU autocast to bfloat16 (where oneDNN supports it); ``None`` (the plain calls) when a
-    gradient is recorded, under ``torch.jit`` tracing or off the CPU."""
-    if not _ONEDNN or torch.jit.is_tracing() or x.device.type != "cpu" or _records_grad(x, weight, bias):
-        return None
-    if torch.is_autocast_enabled("cpu"):
-        return torch.bfloat16 if _ONEDNN_BF16 and torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
-    return torch.float32 if x.dtype == weight.dtype == torch.float32 else None
-
-
-def pointwise_linear(x: Tensor, weight: Tensor, bias: Tensor | None, gelu: bool = False) -> Tensor:
-    """``F.linear(x, weight, bias)``, followed by exact (erf) GELU when ``gelu``.
-
-    CPU inference (see :func:`_onednn_dtype`): one oneDNN matmul (``mkldnn._linear_pointwise``,
-    the kernel inductor uses for these patterns) with the bias, and the GELU, applied as it
-    writes the output; under bfloat16 autocast on bfloat16 copies of input, weight and bias,
-    as autocast's linear would, with the bfloat16 output autocast's linear and GELU give.
-    Measured at SecViT-S's shapes (2 threads): fp32 1.1-1.4x faster than ``F.linear`` (whose
-    ``addmm`` first copies the bias into the whole output), and about 2x faster than linear
-    then GELU. Otherwise the plain calls, also under ``torch.jit`` tracing, so FLOP counters
-    (fvcore) see the usual linear op.
-    """
-    dtype = _onednn_dtype(x, weight, bias)
-    if dtype is not None:
-        bias = bias.to(dtype) if bias is not None else None
-        return torch.ops.mkldnn._linear_pointwise(x.to(dtype), weight.to(dtype), bias, "gelu" if gelu else "none", [], "none")
-    x = F.linear(x, weight, bias)
-    return F.gelu(x) if gelu else x
-
-
-torch.fx.wrap("pointwise_linear")  # one opaque call when tracing (it branches on dtype and grad mode)
-
-
 class PointwiseConv(nn.Conv2d):
     """A 1x1 convolution (the released parameter layout, weight (out, in, 1, 1)) applied as a
     linear map to channels-last tensors (..., in) -> (..., out); ``gelu=True`` applies exact GELU after it."""
@@ -384,43 +270,6 @@ class PointwiseConv(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return pointwise_linear(x, self.weight.flatten(1), self.bias, self.gelu)
-
-
-def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``dwconv(x)`` for NCHW-shaped ``x`` and a depthwise (C, 1, k, k) ``weight``.
-
-    Under CPU autocast, when a gradient is recorded, a 5x5 kernel runs in float32 (output in
-    ``x``'s dtype): oneDNN's bfloat16 weight gradient of a 5x5 depthwise convolution is 3.5x
-    slower than its float32 one (28.8 vs 8.0 ms at SecViT-S's stage 1, 2 threads), and float32 is
-    no slower forward and for the input gradient either; 3x3 kernels are faster in bfloat16.
-    """
-    padding = weight.shape[-1] // 2
-    if weight.shape[-1] == 5 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and _records_grad(x, weight, bias):
-        with torch.autocast("cpu", enabled=False):
-            bias = None if bias is None else bias.float()
-            return F.conv2d(x.float(), weight.float(), bias, padding=padding, groups=weight.shape[0]).to(x.dtype)
-    return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
-
-
-torch.fx.wrap("depthwise_conv")
-
-
-def depthwise_residual(x: Tensor, weight: Tensor, bias: Tensor | None, identity: Tensor) -> Tensor:
-    """``x + dwconv(x)`` for NCHW-shaped ``x`` and a depthwise (C, 1, k, k) ``weight``.
-
-    One convolution whose centre tap is increased by one (``identity``), so there is no
-    separate addition pass over the map. Under autocast the convolution runs in low
-    precision (but see :func:`depthwise_conv` for 5x5 kernels): a float32 ``x`` is added in float32 after it, as before; a low-precision ``x``
-    (the model's case, the output of an autocast linear) goes through the one convolution too,
-    whose centre tap ``1 + w`` rounded to bfloat16 errs by as much as rounding ``x + conv(x)``
-    to bfloat16 would (SecViT-S, bf16, 2 threads: 2.1 -> 1.4 ms per call at stage 1's map).
-    """
-    if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32:
-        return x + depthwise_conv(x, weight, bias)
-    return depthwise_conv(x, weight + identity, bias)
-
-
-torch.fx.wrap("depthwise_residual")
 
 
 class DepthwiseConv(nn.Conv2d):

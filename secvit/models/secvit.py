@@ -31,8 +31,9 @@ from torch import Tensor, nn
 
 from secvit.errors import SecvitError
 from secvit.models.cswsa import CSWSA, STRIPES
+from secvit.models.kernels import cache_block
 from secvit.models.seca import SECA, DepthwiseConv, PointwiseConv, RotaryEmbedding2d
-from secvit.models.staged import SEC_PAPER, StagedBackbone, build, imagenet_cfg, init_weights, pool_layer
+from secvit.models.staged import SEC_PAPER, ClassifierHead, StagedBackbone, build, imagenet_cfg, init_weights
 from secvit.models.variants import VARIANTS  # plain data, shared with secvit.tables
 
 __all__ = ["SecViT", "checkpoint_filter_fn", "VARIANTS"]
@@ -192,7 +193,7 @@ class SecStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x, tables = self.tokens(x)
-        step = _cache_block(x)
+        step = cache_block(x)
         if step:  # a few images at a time through all blocks (every block is per image)
             return torch.cat([self.run_blocks(part, tables) for part in x.split(step)]).permute(0, 3, 1, 2)
         return self.run_blocks(x, tables).permute(0, 3, 1, 2)
@@ -204,64 +205,6 @@ class SecStage(nn.Module):
             else:
                 x = block(x, tables)
         return x
-
-
-CACHE_BLOCK_BYTES = 10 * 2**20  # the widest activation (3x width) per batch chunk, within the 32 MB L3 of AMD EPYC
-
-
-def _cache_block(x: Tensor) -> int:
-    """Images per chunk for a stage's blocks in CPU inference, 0 for the whole batch at once.
-
-    On CPU without gradients the blocks run on chunks of the batch whose widest activations (the qkv
-    projection and the FFN's hidden map, 3x the width) stay within :data:`CACHE_BLOCK_BYTES`:
-    the results are the same (every op of a block is per image), and the memory-bound ops
-    (row gathers, depthwise convs, K=64 matmuls) read from cache instead of memory. SecViT-S at
-    224x224, batch 8, 2 threads: stage 1 (4 images per chunk) 1.2-1.6x faster; stages that fit
-    are not split (splitting them measured slower).
-    """
-    if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or torch.is_grad_enabled() or x.device.type != "cpu":
-        return 0
-    bsz, height, width, dim = x.shape
-    step = max(1, CACHE_BLOCK_BYTES // (height * width * 3 * dim * x.element_size()))
-    return step if step < bsz else 0
-
-
-class ClassifierHead(nn.Module):
-    """1x1 conv to ``hidden`` channels, BN, Swish, global pool, dropout, linear classifier.
-
-    With ``pool_type=''`` nothing is pooled: the head returns (B, hidden, H, W) maps
-    (``pre_logits`` or no classifier) or per-position logits (B, classes, H, W), the
-    classifier acting as a 1x1 conv with the same weights.
-    """
-
-    def __init__(self, in_dim: int, hidden: int, num_classes: int, drop_rate: float, pool_type: str = "avg") -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_dim, hidden, 1)
-        self.norm = nn.BatchNorm2d(hidden)
-        self.act = nn.SiLU()
-        self.pool = pool_layer(pool_type)
-        self.drop = nn.Dropout(drop_rate)
-        self.in_features = hidden
-        self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
-
-    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
-        """New classifier for ``num_classes`` (0: none) and, unless None, a new pooling type."""
-        if pool_type is not None:
-            self.pool = pool_layer(pool_type)
-        self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def remove_projection(self, in_dim: int) -> None:
-        """Drop the 1x1 conv, BN and Swish (their input stage was pruned); ``in_dim`` feeds the pool now."""
-        self.proj, self.norm, self.act = nn.Identity(), nn.Identity(), nn.Identity()
-        self.in_features = in_dim
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.pool(self.act(self.norm(self.proj(x)))))
-        if pre_logits or isinstance(self.fc, nn.Identity):
-            return x
-        if self.pool.is_identity():  # unpooled NCHW: the linear classifier as a 1x1 conv
-            return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.fc(x)
 
 
 ATTENTIONS = ("seca", "cswsa")
@@ -335,7 +278,7 @@ class SecViT(StagedBackbone):
             start += depth
             self.feature_info.append(dict(num_chs=width, reduction=4 * 2**i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
-        self.head = ClassifierHead(widths[-1], head_hidden_size, num_classes, drop_rate, global_pool)
+        self.head = ClassifierHead(widths[-1], num_classes, head_hidden_size, global_pool, drop_rate)
         self.apply(init_weights)
 
     @torch.jit.ignore

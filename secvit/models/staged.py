@@ -126,8 +126,20 @@ def imagenet_cfg(first_conv: str, crop_pct: float, **kwargs) -> dict:
 def build(cls: type[nn.Module], variant: str, pretrained: bool, arch: Any = None, **kwargs: Any) -> nn.Module:
     """``cls`` built through timm for ``variant`` from the fields of its ``arch`` dataclass (constructor
     arguments of the same names; ``kwargs`` override them), ``features_only`` giving the four stage maps."""
-    args = {**(dataclasses.asdict(arch) if arch is not None else {}), **kwargs}
-    return build_model_with_cfg(cls, variant, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **args)
+    if arch is None:
+        args = dict(kwargs)
+    else:
+        args = {**(arch.kwargs() if hasattr(arch, "kwargs") else dataclasses.asdict(arch)), **kwargs}
+    try:
+        return build_model_with_cfg(cls, variant, pretrained, feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)), **args)
+    except RuntimeError as e:  # timm's weights-only loading of pretrained_cfg's file refused a pickle
+        if "weights_only=True blocked" not in str(e):
+            raise
+        from secvit.checkpoint import refused, unsafe_globals
+
+        file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
+        names = (unsafe_globals(file) if file else []) or ["objects other than tensors"]
+        raise SecvitError(refused(f"pretrained weights of {variant} ({file or 'pretrained_cfg'})", names)) from None
 
 
 def init_weights(module: nn.Module) -> None:
@@ -149,7 +161,8 @@ def pool_layer(pool_type: str) -> SelectAdaptivePool2d:
 
 
 class ClassifierHead(nn.Module):
-    """Optional 1x1 conv + BN + Swish (``hidden``), global pool, dropout, linear classifier.
+    """Optional 1x1 conv ``proj`` to ``hidden`` channels + BN ``norm`` + Swish (SecViT's and STViT's
+    head), global pool, dropout, linear classifier ``fc``.
 
     With ``pool_type=''`` nothing is pooled: the head returns (B, C, H, W) maps
     (``pre_logits`` or no classifier) or per-position logits (B, classes, H, W), the
@@ -160,10 +173,9 @@ class ClassifierHead(nn.Module):
         self, in_dim: int, num_classes: int, hidden: int | None = None, pool_type: str = "avg", drop_rate: float = 0.0
     ) -> None:
         super().__init__()
-        if hidden:
-            self.pre = nn.Sequential(nn.Conv2d(in_dim, hidden, 1), nn.BatchNorm2d(hidden), nn.SiLU())
-        else:
-            self.pre = nn.Identity()
+        self.proj: nn.Module = nn.Conv2d(in_dim, hidden, 1) if hidden else nn.Identity()
+        self.norm: nn.Module = nn.BatchNorm2d(hidden) if hidden else nn.Identity()
+        self.act: nn.Module = nn.SiLU() if hidden else nn.Identity()
         self.num_features = hidden or in_dim
         self.pool = pool_layer(pool_type)
         self.drop = nn.Dropout(drop_rate)
@@ -176,12 +188,12 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def remove_projection(self, in_dim: int) -> None:
-        """Drop the 1x1 conv block (its input stage was pruned); ``in_dim`` feeds the pool now."""
-        self.pre = nn.Identity()
+        """Drop the 1x1 conv, BN and Swish (their input stage was pruned); ``in_dim`` feeds the pool now."""
+        self.proj, self.norm, self.act = nn.Identity(), nn.Identity(), nn.Identity()
         self.num_features = in_dim
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.pool(self.pre(x)))
+        x = self.drop(self.pool(self.act(self.norm(self.proj(x)))))
         if pre_logits or isinstance(self.fc, nn.Identity):
             return x
         if self.pool.is_identity():  # unpooled NCHW: the linear classifier as a 1x1 conv

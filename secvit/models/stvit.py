@@ -22,8 +22,6 @@ Drop-path rates are not in the notes; the defaults below (0.1, 0.4, 0.6) are our
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -31,25 +29,16 @@ from timm.layers import DropPath, LayerNorm2d, LayerScale2d
 from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
+from secvit.models.variants import Variant
 from secvit.models.staged import ClassifierHead, StagedBackbone, build, imagenet_cfg, init_weights, pad_to_multiple
 
 __all__ = ["STViT", "VARIANTS"]
 
 
-@dataclass(frozen=True)
-class Variant:
-    widths: tuple[int, int, int, int]
-    depths: tuple[int, int, int, int]
-    heads: tuple[int, int, int, int]
-    layer_scale_stages: tuple[int, ...]
-    drop_path_rate: float
-    cell_sizes: tuple[int, int, int, int] = (8, 4, 1, 1)
-
-
 VARIANTS: dict[str, Variant] = {
-    "stvit_small": Variant((64, 128, 320, 512), (3, 5, 9, 3), (1, 2, 5, 8), (), 0.1),
-    "stvit_base": Variant((96, 192, 384, 512), (4, 6, 14, 6), (2, 3, 6, 8), (2, 3), 0.4),
-    "stvit_large": Variant((96, 192, 448, 640), (4, 7, 19, 8), (2, 3, 7, 10), (2, 3), 0.6),
+    "stvit_small": Variant((64, 128, 320, 512), (3, 5, 9, 3), (1, 2, 5, 8), 0.1),
+    "stvit_base": Variant((96, 192, 384, 512), (4, 6, 14, 6), (2, 3, 6, 8), 0.4, (2, 3)),
+    "stvit_large": Variant((96, 192, 448, 640), (4, 7, 19, 8), (2, 3, 7, 10), 0.6, (2, 3)),
 }
 
 

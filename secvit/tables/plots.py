@@ -24,7 +24,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from secvit.tables.paper import PaperTable, load_paper_tables  # noqa: E402
-from secvit.runs import PRETRAIN, task_results  # noqa: E402
+from secvit.runs import CURVES as RUN_CURVES, PLOTS, PRETRAIN, task_results  # noqa: E402
 from secvit.tables.results import Results, load_results  # noqa: E402
 
 __all__ = ["plot_top1_vs_flops", "plot_training_curves", "read_curve", "write_plots"]
@@ -145,7 +145,7 @@ def find_curves(results_dir: Path) -> dict[str, dict[str, list[tuple[float, floa
     if not root.is_dir():
         return runs
     for run in sorted(p for p in root.iterdir() if p.is_dir()):
-        curves = {name: read_curve(run / "dvclive" / rel) for name, rel in CURVES.items()}
+        curves = {name: read_curve(run / RUN_CURVES / rel) for name, rel in CURVES.items()}
         if any(curves.values()):
             runs[run.name] = curves
     return runs
@@ -184,7 +184,7 @@ def plot_training_curves(results_dir: str | Path, out: str | Path) -> Path:
 def write_plots(results_dir: str | Path, profile: str) -> list[Path]:
     """Write every figure into ``<results_dir>/plots/`` and return their paths."""
     results_dir = Path(results_dir)
-    out = results_dir / "plots"
+    out = results_dir / PLOTS
     results = load_results(results_dir, profile)
     tables = load_paper_tables()
     return [

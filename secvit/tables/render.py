@@ -16,7 +16,7 @@ from typing import Any
 
 from secvit.atomic import write_text
 from secvit.tables.paper import PaperTable, Section, load_paper_tables
-from secvit.runs import DETECTION, SEGMENTATION, downstream_key, run_key
+from secvit.runs import DETECTION, SEGMENTATION, TABLES, downstream_key, run_key
 from secvit.tables.results import CLASSIFICATION_TABLES, IMPLEMENTED_MODELS, Results, load_results
 
 __all__ = ["render_tables", "write_tables", "compare_cell", "format_number"]
@@ -407,5 +407,5 @@ def write_tables(results_dir: str | Path, profile: str, out_path: str | Path | N
     """Render the tables for ``results_dir`` and write them to ``out_path`` (default ``<results_dir>/tables.md``)."""
     results = load_results(results_dir, profile)
     text = render_tables(results, profile)
-    write_text(Path(out_path) if out_path is not None else Path(results_dir) / "tables.md", text)
+    write_text(Path(out_path) if out_path is not None else Path(results_dir) / TABLES, text)
     return text

@@ -31,7 +31,7 @@ from typing import Any
 from secvit.errors import SecvitError
 from secvit.models.variants import VARIANTS
 from secvit.models.registry import available_models
-from secvit.runs import DETECTION, PRETRAIN, SEGMENTATION, downstream_key, run_key, task_results
+from secvit.runs import COMPLEXITY, DETECTION, METRICS, PRETRAIN, SEGMENTATION, downstream_key, run_key, task_results
 
 __all__ = [
     "DEFAULT_CLUSTERS",
@@ -81,7 +81,7 @@ def _read_dir_metrics(root: Path) -> dict[str, dict[str, Any]]:
         return {}
     found: dict[str, dict[str, Any]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        data = _read_json(sub / "metrics.json")
+        data = _read_json(sub / METRICS)
         if data is not None:
             found[sub.name] = data
     return found
@@ -210,7 +210,7 @@ def load_results(results_dir: str | Path, profile: str | None = None) -> Results
     ``profile`` defaults to the directory's name (``results/smoke`` -> ``smoke``).
     """
     root = Path(results_dir)
-    comp_path = root / "complexity.json"
+    comp_path = root / COMPLEXITY
     comp = _read_json(comp_path)
     meta = {k: v for k, v in (comp or {}).items() if k != "rows"}
     return Results(

@@ -87,7 +87,7 @@ def run_stage(command: str, fn: Callable[..., T], executor: str | None, **option
     """Run the stage ``secvit <command> <options>``: as a SLURM job (``--executor slurm`` or
     ``$SECVIT_EXECUTOR``; waits for it and returns None), else ``fn(**options)`` here, once per
     visible device (:func:`per_device`). ``options`` holds ``profile`` and ``params``."""
-    from secvit.pipelines.slurm import run_on_slurm, use_slurm
+    from secvit.orchestrate.slurm import run_on_slurm, use_slurm
 
     if use_slurm(executor):
         run_on_slurm(command, options, options["profile"], options["params"])

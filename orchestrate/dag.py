@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from secvit.errors import SecvitError
-from secvit.pipelines.slurm import stage_env
+from secvit.orchestrate.slurm import stage_env
 
 SHELL_CHARS = set(";&|<>$`\\\"'*?(){}[]~#\n")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from secvit.errors import SecvitError
 from secvit.params import check_profile
-from secvit.pipelines.slurm import stage_env
+from secvit.runs import PLOTS, TABLES, logs_dir, results_root, tables_file
+from secvit.orchestrate.slurm import stage_env
 
 
 def targets(profile: str) -> list[str]:
@@ -42,27 +43,27 @@ def default_jobs() -> int:
 
 def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None) -> Path:
     """Run the profile's stale stages here; returns the tables path. One job: ``dvc repro`` of the
-    profile's targets; more: that many stages side by side (:func:`secvit.pipelines.dag.run_parallel`)."""
+    profile's targets; more: that many stages side by side (:func:`secvit.orchestrate.dag.run_parallel`)."""
     check_profile(profile)
     check_repo(root)
     if jobs is not None and jobs < 1:
         raise SecvitError(f"--jobs must be at least 1, got {jobs}")
     if jobs != 1:
-        from secvit.pipelines.dag import run_parallel, stale_stages
+        from secvit.orchestrate.dag import run_parallel, stale_stages
 
         project = root.resolve()
         plans = stale_stages(project, targets(profile))
         if not plans:
             print(f"Data and pipelines are up to date: nothing is stale upstream of {', '.join(targets(profile))}")
-            return root / "results" / profile / "tables.md"
+            return root / tables_file(profile)
         jobs = jobs or default_jobs()  # only now: deciding imports torch
         if jobs > 1:
-            run_parallel(project, plans, jobs, project / "runs" / profile / "logs")
-            return root / "results" / profile / "tables.md"
+            run_parallel(project, plans, jobs, project / logs_dir(profile))
+            return root / tables_file(profile)
     result = subprocess.run([dvc_executable(), "repro", *targets(profile)], cwd=root, env=stage_env())
     if result.returncode != 0:
         raise SecvitError(f"dvc repro failed (exit {result.returncode}); the failing stage's output is above")
-    return root / "results" / profile / "tables.md"
+    return root / tables_file(profile)
 
 
 def point_latest(profile: str, root: Path = Path(".")) -> Path:
@@ -71,12 +72,12 @@ def point_latest(profile: str, root: Path = Path(".")) -> Path:
     Convenience pointers for people (the DVC outputs stay in ``results/<profile>/``);
     returns ``results/tables.md``.
     """
-    results = root / "results"
-    for name in ("tables.md", "plots"):
+    results = root / results_root(profile).parent
+    for name in (TABLES, PLOTS):
         link = results / name
         if link.is_symlink() or link.is_file():
             link.unlink()
         elif link.exists():
             raise SecvitError(f"{link} exists and is not a link; move it away")
         link.symlink_to(Path(profile) / name)
-    return results / "tables.md"
+    return results / TABLES

@@ -36,10 +36,11 @@ from typing import Any
 from secvit.atomic import write_json
 from secvit.errors import SecvitError
 from secvit.params import check_profile
-from secvit.pipelines.dag import StalePlan, command_argv, commit_stage, downstream_of, stale_stages
-from secvit.pipelines.repro import check_repo
-from secvit.pipelines.repro import targets as profile_targets
-from secvit.pipelines.slurm import (
+from secvit.runs import tables_file
+from secvit.orchestrate.dag import StalePlan, command_argv, commit_stage, downstream_of, stale_stages
+from secvit.orchestrate.repro import check_repo
+from secvit.orchestrate.repro import targets as profile_targets
+from secvit.orchestrate.slurm import (
     ACTIVE,
     SlurmConfig,
     Tracked,
@@ -189,7 +190,7 @@ def repro_slurm(profile: str, root: Path = Path("."), targets: list[str] | None 
     root = root.resolve()
     cfg = load_slurm_config(root / "params.yaml")
     require_slurm()
-    tables = root / "results" / profile / "tables.md"
+    tables = root / tables_file(profile)
     plans = stale_stages(root, targets or profile_targets(profile))
     if not plans:
         console.print(f"nothing to do: {', '.join(targets or profile_targets(profile))} and their upstream stages are up to date")

@@ -51,7 +51,7 @@ DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADD
 
 def stage_env() -> dict[str, str]:
     """This process's environment with its interpreter's bin/ first on PATH, so that stage commands
-    (here, in a SLURM job, or side by side: ``secvit.pipelines.dag``) run this secvit and this dvc."""
+    (here, in a SLURM job, or side by side: ``secvit.orchestrate.dag``) run this secvit and this dvc."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
