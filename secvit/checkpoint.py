@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from secvit.atomic import atomic_write
-from secvit.errors import SecvitError
+from secvit.errors import SecvitError, refused_pickle
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -54,23 +54,6 @@ _MALFORMED = (
     OverflowError,
 )
 _PICKLE_PROTOCOLS = (2, 3, 4, 5)  # torch.save writes protocol 2; legacy files may use a later one
-
-
-def unsafe_globals(path: str | Path) -> list[str]:
-    """The globals (``builtins.getattr``, classes) that the pickle of a ``torch.save`` file asks for beyond
-    what weights-only loading allows; empty for a file of tensors and plain containers, or not a zip archive."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # not a zip archive, or damaged: loading says what is wrong
-        return []
-
-
-def refused(source: str, names: list[str]) -> str:
-    """The one-line error for a weights file whose pickle asks for ``names``."""
-    return (
-        f"{source} refused: its pickle asks for {', '.join(names[:3])}, which safe (weights-only) loading does not "
-        "run; use a file of tensors (a state dict or safetensors) from a source you trust"
-    )
 
 
 def _not_torch_file(path: Path) -> str | None:
@@ -122,11 +105,10 @@ def load_file_checked(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise SecvitError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
     except pickle.UnpicklingError as e:
-        names = unsafe_globals(path)
-        if not names:
+        if "Weights only load failed" not in str(e):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({first[:120]})") from e
-        raise SecvitError(refused(f"checkpoint {path}", names)) from None
+        raise refused_pickle(f"checkpoint {path}", path) from None
     except _MALFORMED as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({first[:120]})") from e

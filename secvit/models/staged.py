@@ -37,7 +37,7 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from secvit.errors import SecvitError
+from secvit.errors import SecvitError, refused_pickle
 from secvit.models.seca import SECA, RotaryEmbedding2d
 
 __all__ = ["SEC_PAPER", "ClassifierHead", "StagedBackbone", "build", "check_image", "imagenet_cfg", "init_weights", "pad_to_multiple", "pool_layer", "seca_attend", "stage_side"]
@@ -135,11 +135,8 @@ def build(cls: type[nn.Module], variant: str, pretrained: bool, arch: Any = None
     except RuntimeError as e:  # timm's weights-only loading of pretrained_cfg's file refused a pickle
         if "weights_only=True blocked" not in str(e):
             raise
-        from secvit.checkpoint import refused, unsafe_globals
-
         file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
-        names = (unsafe_globals(file) if file else []) or ["objects other than tensors"]
-        raise SecvitError(refused(f"pretrained weights of {variant} ({file or 'pretrained_cfg'})", names)) from None
+        raise refused_pickle(f"pretrained weights of {variant} ({file or 'pretrained_cfg'})", file) from None
 
 
 def init_weights(module: nn.Module) -> None:
