@@ -129,6 +129,22 @@ def test_a_code_change_reruns_the_stages_that_run_it(smoke_repo):
     assert not any(s.startswith(("detect@", "segment@", "complexity@")) for s in changed), status
 
 
+def test_editing_how_stages_are_dispatched_reruns_nothing(smoke_repo):
+    """The SLURM executor, the launcher, the command line and the benchmarks compute no stage's outputs."""
+    repo, _ = smoke_repo
+    edited = ["orchestrate/slurm.py", "orchestrate/launch.py", "cli/train.py", "secvit/bench.py"]
+    originals = {name: (repo / name).read_text() for name in edited}
+    try:
+        for name, text in originals.items():
+            (repo / name).write_text(text + "\n# changed\n")
+        status = run(repo, "dvc", "status").stdout
+    finally:
+        for name, text in originals.items():
+            (repo / name).write_text(text)
+    changed = {line.rstrip(":") for line in status.splitlines() if "@smoke" in line and not line[0].isspace()}
+    assert not changed, status
+
+
 def test_second_run_does_nothing(smoke_repo):
     repo, _ = smoke_repo
     before = {p: p.stat().st_mtime_ns for p in (repo / "results/smoke").rglob("*") if p.is_file()}
