@@ -120,6 +120,8 @@ def load_file_checked(path: str | Path) -> dict[str, Any]:
 def pick_state_dict(checkpoint: dict[str, Any], ema: bool, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The raw (``model``) or EMA (``model_ema``) weights of a checkpoint, or the bare state dict."""
     key = "model_ema" if ema else "model"
+    if key in checkpoint and checkpoint[key] is None and "history" in checkpoint:
+        raise SecvitError(f"{source} is the record of a finished run and holds no weights; use its best.pth")
     if key in checkpoint:
         state = checkpoint[key]
     elif ema:

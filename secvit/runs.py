@@ -30,7 +30,8 @@ PRETRAIN = "pretrain"
 #: The task names of the dense-prediction runs.
 DETECTION = "detection"
 SEGMENTATION = "segmentation"
-#: A run's resumable checkpoint: model, EMA, optimizer and scheduler state, position, history.
+#: A run's resumable checkpoint: model, EMA, optimizer and scheduler state, position, history;
+#: once the run has finished, its record only (position, history, settings; no weights).
 LAST = "last.pth"
 #: A run's best epoch (the paper's convention): ``model`` holds the better of its raw and EMA
 #: weights, named by ``weights``, with ``epoch`` and ``top1``.

@@ -127,13 +127,18 @@ def test_smoke_run_learns_and_reports(smoke):
     assert "n01441764_999.JPEG" in skipped
     curve = smoke / "results/smoke/pretrain/secvit_tiny/dvclive/plots/metrics/val/top1.tsv"
     assert [line.split("\t")[0] for line in curve.read_text().splitlines()] == ["step", "1", "2"]
-    for name in ("last.pth", "best.pth"):
-        assert (smoke / "runs/smoke/pretrain/secvit_tiny" / name).stat().st_size > 1e6
-    assert not list((smoke / "runs/smoke/pretrain/secvit_tiny").glob("*.tmp"))
+    run = smoke / "runs/smoke/pretrain/secvit_tiny"
+    assert (run / "best.pth").stat().st_size > 1e6
+    record = torch.load(run / "last.pth", map_location="cpu", weights_only=True)  # finished: nothing left to resume
+    assert (record["epoch"], record["batch"]) == (2, 0) and len(record["history"]) == 2
+    assert all(record[k] is None for k in ("model", "model_ema", "optimizer", "scheduler"))
+    assert (run / "last.pth").stat().st_size < 1e5
+    assert not list(run.glob("*.tmp"))
 
 
 def test_evaluate_checkpoint(smoke):
-    """The evaluate stage re-measures the paper's number (best.pth); --checkpoint last.pth gives raw and EMA."""
+    """The evaluate stage re-measures the paper's number (best.pth); a checkpoint with raw and EMA weights
+    gives both; a finished run's last.pth (its record, no weights) is a one-line error."""
     result = secvit(smoke, "evaluate", "--profile", "smoke", "--model", "secvit_tiny")
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads(result.stdout)
@@ -145,11 +150,18 @@ def test_evaluate_checkpoint(smoke):
     assert "top1_ema" not in data  # best.pth holds one set of weights
     assert json.loads((smoke / "results/smoke/pretrain/secvit_tiny/eval.json").read_text()) == data
 
-    last = secvit(smoke, "evaluate", "--profile", "smoke", "--model", "secvit_tiny", "--checkpoint", "runs/smoke/pretrain/secvit_tiny/last.pth")
-    assert last.returncode == 0, last.stderr[-2000:]
-    final = json.loads(last.stdout)
-    assert final["top1"] == pytest.approx(metrics["final_top1"]) and final["top1_ema"] == pytest.approx(metrics["final_top1_ema"])
+    best = torch.load(smoke / "runs/smoke/pretrain/secvit_tiny/best.pth", map_location="cpu", weights_only=True)
+    constant = {k: torch.zeros_like(v) if k.startswith("head.fc") else v for k, v in best["model"].items()}
+    constant["head.fc.bias"][1] = 10.0  # every image classified as class 1 of 4 (a quarter of the split)
+    both = smoke / "raw_and_ema.pth"  # a released checkpoint's layout: raw and EMA weights
+    torch.save({"model": constant, "model_ema": best["model"]}, both)
+    two = secvit(smoke, "evaluate", "--profile", "smoke", "--model", "secvit_tiny", "--checkpoint", str(both))
+    assert two.returncode == 0, two.stderr[-2000:]
+    final = json.loads(two.stdout)
+    assert final["top1_ema"] == pytest.approx(metrics["best_top1"]) and final["top1"] == pytest.approx(25.0)
     assert json.loads((smoke / "results/smoke/pretrain/secvit_tiny/eval.json").read_text()) == data  # explicit checkpoint: stdout only
+    message = one_line_error(secvit(smoke, "evaluate", "--profile", "smoke", "--model", "secvit_tiny", "--checkpoint", "runs/smoke/pretrain/secvit_tiny/last.pth"))
+    assert "record of a finished run" in message and "best.pth" in message
 
 
 def test_evaluate_help_names_the_default_checkpoint(tmp_path, repo_root):
@@ -200,11 +212,13 @@ def test_resume_after_sigkill_is_exact(smoke, tmp_path, repo_root):
     resumed, straight = _metrics(project), _metrics(smoke)
     for key in ("best_top1", "best_top5", "best_epoch", "final_top1", "final_top1_ema", "final_top5", "train_loss", "skipped_images"):
         assert resumed[key] == straight[key], key
-    a = torch.load(last, map_location="cpu", weights_only=False)
-    b = torch.load(smoke / "runs/smoke/pretrain/secvit_tiny/last.pth", map_location="cpu", weights_only=False)
-    for part in ("model", "model_ema"):
-        for key, value in b[part].items():
-            assert torch.equal(a[part][key], value), f"{part}.{key}"
+    a = torch.load(last, map_location="cpu", weights_only=True)
+    b = torch.load(smoke / "runs/smoke/pretrain/secvit_tiny/last.pth", map_location="cpu", weights_only=True)
+    best_a = torch.load(last.with_name("best.pth"), map_location="cpu", weights_only=True)
+    best_b = torch.load(smoke / "runs/smoke/pretrain/secvit_tiny/best.pth", map_location="cpu", weights_only=True)
+    assert (best_a["epoch"], best_a["weights"]) == (best_b["epoch"], best_b["weights"])
+    for key, value in best_b["model"].items():
+        assert torch.equal(best_a["model"][key], value), key
     assert a["history"] == [{**row, "images_per_s": a["history"][i]["images_per_s"]} for i, row in enumerate(b["history"])]
 
 

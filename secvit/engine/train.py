@@ -2,9 +2,9 @@
 :func:`evaluate_epoch`, the checkpoint helpers, and :func:`pretrain`, the loop around them
 (for each epoch: train one epoch, evaluate, save best.pth and last.pth, log).
 
-Resumable at any checkpoint: the run directory's ``last.pth`` holds the model,
-EMA, optimizer and scheduler state, the position inside the epoch and the
-metric history. All randomness (sample order, augmentation, Mixup/CutMix, drop
+Resumable at any checkpoint: while the run trains, the run directory's ``last.pth`` holds
+the model, EMA, optimizer and scheduler state, the position inside the epoch and the
+metric history; once it has finished, only its record (position, history, settings). All randomness (sample order, augmentation, Mixup/CutMix, drop
 path) is derived from (seed, epoch, sample or step), so a run that is killed and
 resumed ends with exactly the weights and metrics of an uninterrupted run.
 """
@@ -206,10 +206,10 @@ def resume(run: RunDir, training: Training, identity: dict[str, Any], cfg: Pretr
     if changed:
         console.log(f"{run.last} was trained with other settings ({', '.join(changed)}): starting over")
         return Position()
-    training.model.load_state_dict(state["model"])
-    if training.ema is not None:
-        training.ema.module.load_state_dict(state["model_ema"])
-    if state.get("optimizer") is not None:  # a finished run's last.pth keeps none: nothing is left to train
+    if state["model"] is not None:  # a finished run's last.pth is its record only: nothing is left to train
+        training.model.load_state_dict(state["model"])
+        if training.ema is not None:
+            training.ema.module.load_state_dict(state["model_ema"])
         training.optimizer.load_state_dict(state["optimizer"])
         training.scheduler.load_state_dict(state["scheduler"])
     return Position(state["epoch"], state["batch"], state["history"], state["partial"])
@@ -218,18 +218,19 @@ def resume(run: RunDir, training: Training, identity: dict[str, Any], cfg: Pretr
 def save_last(run: RunDir, training: Training, position: Position, identity: dict[str, Any], cfg: PretrainConfig, env: DistEnv) -> None:
     """Write ``last.pth`` (main process, atomically) at ``position``; every rank waits for it.
 
-    Once the run has trained every epoch, resuming needs no optimizer or scheduler state, and the
-    file keeps the final raw and EMA weights only (half the size: AdamW's two moments are gone)."""
+    A checkpoint keeps what resuming needs and nothing more: once the run has trained every epoch,
+    nothing is left to resume, and ``last.pth`` becomes the run's record (identity, position, history,
+    settings) without weights or optimizer state; ``best.pth`` holds the weights the paper reports."""
     if env.is_main:
         ema = training.ema
-        finished = position.epoch >= cfg.epochs and position.batch == 0
+        running = not (position.epoch >= cfg.epochs and position.batch == 0)
         atomic_save(
             {
                 **identity,
-                "model": training.model.state_dict(),
-                "model_ema": ema.module.state_dict() if ema is not None else None,
-                "optimizer": None if finished else training.optimizer.state_dict(),
-                "scheduler": None if finished else training.scheduler.state_dict(),
+                "model": training.model.state_dict() if running else None,
+                "model_ema": ema.module.state_dict() if running and ema is not None else None,
+                "optimizer": training.optimizer.state_dict() if running else None,
+                "scheduler": training.scheduler.state_dict() if running else None,
                 "epoch": position.epoch,
                 "batch": position.batch,
                 "history": position.history,
