@@ -50,6 +50,16 @@ def in_distributed_run() -> bool:
     return launched_world_size() is not None
 
 
+def quiet_launcher_logs() -> None:
+    """Keep torch's launcher from logging a failed process's traceback and the stopping of the others:
+    the failure is reported once, in one line (the process's own output still shows everything)."""
+    import logging
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.multiprocessing")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def per_device(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` here, or in one DDP process per visible device; returns rank 0's result.
 
@@ -73,6 +83,7 @@ def per_device(fn: Callable[..., T], *args: Any) -> T:
         max_restarts=0,
         monitor_interval=0.5,
     )
+    quiet_launcher_logs()
     try:
         results = elastic_launch(config, fn)(*args)
     except ChildFailedError as e:

@@ -196,6 +196,11 @@ def layout(cfg: PretrainConfig, env: DistEnv) -> dict[str, int]:
     return {"world_size": env.world_size, "micro_batch": micro, "accumulation": accum}
 
 
+def _either(values: list[int]) -> str:
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def resumed_batch(state: dict[str, Any], cfg: PretrainConfig, env: DistEnv, path: Path) -> int:
     """The position inside the epoch, in this run's batches, of a checkpoint written on another device count.
 
@@ -210,7 +215,7 @@ def resumed_batch(state: dict[str, Any], cfg: PretrainConfig, env: DistEnv, path
         same = [n for n in range(1, cfg.batch_size + 1) if cfg.batch_size % n == 0 and cfg.micro_batch(n)[0] == saved["micro_batch"]]
         raise SecvitError(
             f"{path} was trained on {saved['world_size']} devices in micro-batches of {saved['micro_batch']}; on {env.world_size} "
-            f"they would be {now['micro_batch']}, which changes the run: resume on {' or '.join(map(str, same))} devices, or remove it to start over"
+            f"they would be {now['micro_batch']}, which changes the run: resume on {_either(same)} devices, or remove it to start over"
         )
     return state["batch"] // saved["accumulation"] * now["accumulation"]
 
