@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -50,6 +51,19 @@ def in_distributed_run() -> bool:
     return launched_world_size() is not None
 
 
+def single_node_note(devices: int) -> str | None:
+    """The one line a stage prints when started as one process inside a SLURM allocation of several
+    nodes (plain ``dvc repro`` in ``salloc -N 2``): it trains on this node's devices only."""
+    raw = os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES")
+    nodes = int(raw) if raw and raw.isdigit() else 1
+    if nodes <= 1:
+        return None
+    return (
+        f"note: this SLURM allocation has {nodes} nodes; this stage uses this node only ({devices} devices): run it with "
+        f"`--executor slurm` (slurm.stages.<kind>.nodes: {nodes}) or under `srun --ntasks-per-node <devices>` to train on all of them"
+    )
+
+
 def quiet_launcher_logs() -> None:
     """Keep torch's launcher from logging a failed process's traceback and the stopping of the others:
     the failure is reported once, in one line (the process's own output still shows everything)."""
@@ -66,6 +80,10 @@ def per_device(fn: Callable[..., T], *args: Any) -> T:
     ``fn`` and ``args`` must be picklable (the processes are spawned).
     """
     devices = 1 if in_distributed_run() else visible_devices()
+    if not in_distributed_run():
+        note = single_node_note(devices)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     if devices == 1:
         return fn(*args)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

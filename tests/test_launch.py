@@ -134,3 +134,17 @@ def test_resume_position_across_device_counts(repo_root):
         resumed_batch(state, cfg, on[12], Path("last.pth"))
     legacy = {"batch": 32}  # a checkpoint from before layouts were saved: one device, 2 steps of 16 x 128
     assert resumed_batch(legacy, cfg, on[8], Path("last.pth")) == 4
+
+
+def test_one_process_in_a_multi_node_allocation_says_it_uses_one_node(monkeypatch):
+    from secvit.orchestrate.launch import single_node_note
+
+    monkeypatch.delenv("SLURM_NNODES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_NUM_NODES", raising=False)
+    assert single_node_note(8) is None  # no allocation
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")
+    assert single_node_note(8) is None
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    note = single_node_note(8)
+    assert "\n" not in note and note.startswith("note: this SLURM allocation has 2 nodes; this stage uses this node only (8 devices)")
+    assert "--executor slurm" in note and "srun" in note

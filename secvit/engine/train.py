@@ -36,7 +36,7 @@ from secvit.data.imagenet import read_skips
 from secvit.data.layout import check_imagenet
 from secvit.engine import live
 from secvit.engine.config import PretrainConfig
-from secvit.engine.distributed import DistEnv, barrier, init_distributed
+from secvit.engine.distributed import DistEnv, barrier, hostnames, init_distributed
 from secvit.engine.amp import autocast, recipe_dtype
 from secvit.engine.evaluate import evaluate
 from secvit.engine.loaders import build_eval_loader, build_train_loader, derived_seed, seed_everything, set_epoch
@@ -417,7 +417,8 @@ def pretrain(
     if training.mixup is not None and micro % 2:
         raise SecvitError(f"Mixup/CutMix needs an even micro-batch; {env.world_size} devices make it {micro}")
 
-    extra = {"model": model_name, **model_kwargs, "num_classes": num_classes, "world_size": env.world_size, "global_batch": cfg.batch_size, "micro_batch": micro, "accumulation": accum, "lr": cfg.lr}
+    extra = {"model": model_name, **model_kwargs, "num_classes": num_classes, "world_size": env.world_size, "global_batch": cfg.batch_size, "micro_batch": micro, "accumulation": accum, "lr": cfg.lr,
+             "hosts": hostnames()}
     with _progress(env) as progress:
         epochs_bar = progress.add_task(f"{model_name} epochs", total=cfg.epochs, completed=position.epoch, status="")
         batches_bar = progress.add_task("batches", total=batches, status="")
