@@ -282,6 +282,24 @@ def peer_settings(params: dict[str, Any], profile: str) -> tuple[tuple[str, ...]
     return families, run
 
 
+def left_out_peers(params_path: Path, profile: str) -> set[str]:
+    """The stages of ``profile`` that ``peers.<profile>: false`` leaves out (none when it is true):
+    the peers' pretraining and evaluation, and dense runs with a peer backbone."""
+    params = load_params(params_path)
+    families, run_peers = peer_settings(params, profile)
+    if run_peers:
+        return set()
+    names = set()
+    for key, run in (params.get("runs") or {}).items():
+        if run["profile"] == profile and is_peer(run["model"], families):
+            names |= {f"pretrain@{key}", f"evaluate@{key}"}
+    for group, stage in (("detection_runs", "detect"), ("segmentation_runs", "segment")):
+        for key, run in (params.get(group) or {}).items():
+            if run["profile"] == profile and is_peer(run["model"], families):
+                names.add(f"{stage}@{key}")
+    return names
+
+
 def is_peer(model: str, families: tuple[str, ...]) -> bool:
     return any(model.startswith(f) for f in families)
 

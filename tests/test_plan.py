@@ -104,3 +104,24 @@ def test_plan_errors_are_one_line(tmp_path, repo_root):
     assert "error: unknown profile 'huge'" in one_line_error(secvit(project, "plan", "--profile", "huge"))
     message = one_line_error(secvit(project, "plan", "--profile", "smoke", "--throughput", "nothere.json"))
     assert "no throughput file nothere.json" in message
+
+
+def test_peers_switch_names_real_stages(tmp_path, repo_root):
+    """`peers.<profile>: false` leaves out exactly the peers' DVC stages (secvit repro all skips them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from secvit.orchestrate.plan import left_out_peers
+
+    project = make_project(tmp_path, repo_root)
+    assert left_out_peers(project / "params.yaml", "smoke") == set()
+    _edit(project, **{"peers.smoke": False, "peers.paper": False})
+    smoke = left_out_peers(project / "params.yaml", "smoke")
+    assert smoke == {"pretrain@smoke-stvit_small", "evaluate@smoke-stvit_small", "pretrain@smoke-pacavit_tiny", "evaluate@smoke-pacavit_tiny",
+                     "segment@smoke-stvit_small-semantic_fpn", "segment@smoke-pacavit_tiny-semantic_fpn"}
+    paper = left_out_peers(project / "params.yaml", "paper")
+    assert len(paper) == 12 and all(name.split("@")[1].split("-")[1].startswith(("stvit_", "pacavit_")) for name in paper)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    listed = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=repo_root, capture_output=True, text=True, check=True).stdout.split()
+    assert smoke | paper <= set(listed)
