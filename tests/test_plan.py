@@ -4,7 +4,7 @@ smoke stage's time is in test_pretrain.py, beside the smoke run it times."""
 
 import pytest
 import yaml
-from conftest import make_project, one_line_error, secvit
+from conftest import make_project, one_line_error, secvit_in_process
 
 from secvit.errors import SecvitError
 from secvit.orchestrate.plan import H100_OVER_A100, Flops, gpu_default, load_throughput, plan, render, table2_inference_rate
@@ -101,9 +101,11 @@ def test_peers_switch_leaves_the_peers_out(tmp_path, repo_root, flops):
 
 def test_plan_errors_are_one_line(tmp_path, repo_root):
     project = make_project(tmp_path, repo_root)
-    assert "error: unknown profile 'huge'" in one_line_error(secvit(project, "plan", "--profile", "huge"))
-    message = one_line_error(secvit(project, "plan", "--profile", "smoke", "--throughput", "nothere.json"))
+    assert "error: unknown profile 'huge'" in one_line_error(secvit_in_process(project, "plan", "--profile", "huge"))
+    message = one_line_error(secvit_in_process(project, "plan", "--profile", "smoke", "--throughput", "nothere.json"))
     assert "no throughput file nothere.json" in message
+    message = one_line_error(secvit_in_process(project, "plan", "--profile", "smoke", "--executor", "cloud"))
+    assert message == "error: unknown executor 'cloud'; choose local or slurm"
 
 
 def test_peers_switch_names_real_stages(tmp_path, repo_root):
