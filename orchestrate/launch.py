@@ -59,8 +59,8 @@ def single_node_note(devices: int) -> str | None:
     if nodes <= 1:
         return None
     return (
-        f"note: this SLURM allocation has {nodes} nodes; this stage uses this node only ({devices} devices): run it with "
-        f"`--executor slurm` (slurm.stages.<kind>.nodes: {nodes}) or under `srun --ntasks-per-node <devices>` to train on all of them"
+        f"note: this SLURM allocation has {nodes} nodes; this stage uses this node only ({devices} devices): to train on "
+        f"several nodes, run it with `--executor slurm` and slurm.stages.<kind>.nodes: {nodes} (or under torchrun on every node)"
     )
 
 

@@ -327,10 +327,8 @@ def _resources(kind: str, executor: str, params_path: Path, gpu: bool) -> _Resou
 def _count(data: dict[str, Any], dataset: str, split: str) -> int:
     """Images of a split: the real dataset's expected count, or what the smoke profile generates."""
     expected = (data.get("expected") or {}).get(dataset)
-    if expected:
-        if dataset == "imagenet":
-            return int(expected[split])
-        return int(expected[{"train": "train", "val": "val"}[split]] if dataset == "coco" else expected[{"train": "training", "val": "validation"}[split]])
+    if expected:  # ADE20K names its splits training and validation
+        return int(expected[{"train": "training", "val": "validation"}[split] if dataset == "ade20k" else split])
     gen = (data.get("generate") or {}).get(dataset)
     if not gen:
         raise SecvitError(f"cannot count the {dataset} images: neither data.expected nor data.generate names it")

@@ -147,4 +147,4 @@ def test_one_process_in_a_multi_node_allocation_says_it_uses_one_node(monkeypatc
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
     note = single_node_note(8)
     assert "\n" not in note and note.startswith("note: this SLURM allocation has 2 nodes; this stage uses this node only (8 devices)")
-    assert "--executor slurm" in note and "srun" in note
+    assert "--executor slurm" in note and "nodes: 2" in note
