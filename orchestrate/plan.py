@@ -365,8 +365,6 @@ def _config(path: str) -> dict[str, Any]:
 
         from mmengine.config import Config
 
-        import secvit.downstream  # noqa: F401  (mmengine's config loading needs the project's setup)
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cfg = Config.fromfile(path)
@@ -548,7 +546,7 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         "GFLOPs: fvcore count of one image's forward pass, all ops (secvit.complexity); training an image costs its forward GFLOPs at the training rate",
         "detection/segmentation: the paper's printed whole-model GFLOPs (tables 3-5) where printed, else backbone scaled from 224x224 plus the "
         f"setting's head share of SecViT-S; detectors at {DETECTION_SIZE[1]}x{DETECTION_SIZE[0]}, segmentors trained on 512x512 crops",
-        "devices: " + (f"each stage kind's SLURM settings (params.yaml slurm:)" if executor == "slurm" else "this machine's visible devices")
+        "devices: " + ("each stage kind's SLURM settings (params.yaml slurm:)" if executor == "slurm" else "this machine's visible devices")
         + "; wall time assumes perfect scaling over the devices and no queueing",
         "data, tables and figures stages count start-up only (no device work)",
     ]

@@ -4,7 +4,6 @@ of 2 nodes really spans two hosts. Run with `pytest -m slurm2` (skipped where th
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, scratch_repo, tool_env
-from conftest import run as run_tool
 
 from secvit.data.synthetic import make_imagenet
 
