@@ -127,3 +127,28 @@ def test_peers_switch_names_real_stages(tmp_path, repo_root):
     dvc = str(Path(sys.executable).with_name("dvc"))
     listed = subprocess.run([dvc, "stage", "list", "--name-only"], cwd=repo_root, capture_output=True, text=True, check=True).stdout.split()
     assert smoke | paper <= set(listed)
+
+
+def test_repro_all_leaves_the_peers_stages_out(tmp_path, repo_root, monkeypatch):
+    """With `peers.smoke: false`, `secvit repro all` hands the DAG runner the stale stages without the
+    peers' (DVC's stale-stage list and the runner are replaced here; tests/test_pipeline.py runs them for real)."""
+    import shutil
+
+    from secvit.orchestrate import dag, repro
+    from secvit.orchestrate.dag import StalePlan
+
+    project = make_project(tmp_path, repo_root)
+    shutil.copy(repo_root / "dvc.yaml", project / "dvc.yaml")
+    (project / ".dvc").mkdir()
+    _edit(project, **{"peers.smoke": False})
+    stale = [StalePlan("pretrain@smoke-secvit_tiny", "secvit pretrain", project, ()),
+             StalePlan("pretrain@smoke-stvit_small", "secvit pretrain", project, ()),
+             StalePlan("segment@smoke-stvit_small-semantic_fpn", "secvit segment", project, ("pretrain@smoke-stvit_small",)),
+             StalePlan("tables@smoke", "secvit tables", project, ("pretrain@smoke-secvit_tiny", "pretrain@smoke-stvit_small"))]
+    ran = []
+    monkeypatch.setattr(dag, "stale_stages", lambda root, targets: stale)
+    monkeypatch.setattr(dag, "run_parallel", lambda root, plans, jobs, logs: ran.append((plans, jobs)))
+    repro.repro_local("smoke", project, jobs=1)
+    (plans, jobs), = ran
+    assert jobs == 1 and [p.name for p in plans] == ["pretrain@smoke-secvit_tiny", "tables@smoke"]
+    assert plans[1].upstream == ("pretrain@smoke-secvit_tiny",)  # the tables wait for the stages that run
