@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -129,7 +130,28 @@ def models(
     console.print(table)
 
 
+@user_errors
+def train(
+    profile: Annotated[str, typer.Option(help="Profile whose recipe is timed (image size, batch per device, optimizer, EMA).")] = "smoke",
+    model: Annotated[str, typer.Option(help="Model to time.")] = "secvit_tiny",
+    steps: Annotated[int, typer.Option(help="Timed training steps (and as many evaluation steps).")] = 6,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="Where the rates go; `secvit plan` reads this file by default.")] = Path("runs/bench/throughput.json"),
+    params: Annotated[Path, typer.Option(help="The params file.")] = Path("params.yaml"),
+) -> None:
+    """Measure this device's training and evaluation rates (GFLOPs/s) and a stage's start-up for `secvit plan`."""
+    from secvit.orchestrate.plan import measure, save_throughput
+
+    rate = measure(profile, model, params, steps=steps, device=device)
+    save_throughput(rate, out)
+    console.print(
+        f"{rate.device}: training {rate.train_gflops_per_s:,.1f} GFLOPs/s ({rate.measured['train_images_per_s']:.1f} img/s), "
+        f"evaluation {rate.eval_gflops_per_s:,.1f} GFLOPs/s, start-up {rate.startup_s:.1f} s, checkpoints "
+        f"{rate.checkpoint_gb_per_s:.2f} GB/s -> {out}"
+    )
+
+
 def register(root: typer.Typer) -> None:
-    for func in (seca, models):
+    for func in (seca, models, train):
         app.command(name=func.__name__)(func)
     root.add_typer(app, name="bench")

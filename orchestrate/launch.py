@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -50,12 +51,39 @@ def in_distributed_run() -> bool:
     return launched_world_size() is not None
 
 
+def single_node_note(devices: int) -> str | None:
+    """The one line a stage prints when started as one process inside a SLURM allocation of several
+    nodes (plain ``dvc repro`` in ``salloc -N 2``): it trains on this node's devices only."""
+    raw = os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES")
+    nodes = int(raw) if raw and raw.isdigit() else 1
+    if nodes <= 1:
+        return None
+    return (
+        f"note: this SLURM allocation has {nodes} nodes; this stage uses this node only ({devices} devices): to train on "
+        f"several nodes, run it with `--executor slurm` and slurm.stages.<kind>.nodes: {nodes} (or under torchrun on every node)"
+    )
+
+
+def quiet_launcher_logs() -> None:
+    """Keep torch's launcher from logging a failed process's traceback and the stopping of the others:
+    the failure is reported once, in one line (the process's own output still shows everything)."""
+    import logging
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.multiprocessing")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def per_device(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` here, or in one DDP process per visible device; returns rank 0's result.
 
     ``fn`` and ``args`` must be picklable (the processes are spawned).
     """
     devices = 1 if in_distributed_run() else visible_devices()
+    if not in_distributed_run():
+        note = single_node_note(devices)
+        if note:
+            print(note, file=sys.stderr, flush=True)
     if devices == 1:
         return fn(*args)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -73,6 +101,7 @@ def per_device(fn: Callable[..., T], *args: Any) -> T:
         max_restarts=0,
         monitor_interval=0.5,
     )
+    quiet_launcher_logs()
     try:
         results = elastic_launch(config, fn)(*args)
     except ChildFailedError as e:

@@ -48,16 +48,22 @@ def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None) -
     check_repo(root)
     if jobs is not None and jobs < 1:
         raise SecvitError(f"--jobs must be at least 1, got {jobs}")
-    if jobs != 1:
+    from secvit.orchestrate.plan import left_out_peers
+
+    peers = left_out_peers(root / "params.yaml", profile)  # `peers.<profile>: false`: not run (run_parallel can leave stages out)
+    if jobs != 1 or peers:
+        from dataclasses import replace
+
         from secvit.orchestrate.dag import run_parallel, stale_stages
 
         project = root.resolve()
         plans = stale_stages(project, targets(profile))
+        plans = [replace(p, upstream=tuple(u for u in p.upstream if u not in peers)) for p in plans if p.name not in peers]
         if not plans:
             print(f"Data and pipelines are up to date: nothing is stale upstream of {', '.join(targets(profile))}")
             return root / tables_file(profile)
         jobs = jobs or default_jobs()  # only now: deciding imports torch
-        if jobs > 1:
+        if jobs > 1 or peers:
             run_parallel(project, plans, jobs, project / logs_dir(profile))
             return root / tables_file(profile)
     result = subprocess.run([dvc_executable(), "repro", *targets(profile)], cwd=root, env=stage_env())

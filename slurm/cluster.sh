@@ -5,11 +5,21 @@
 #   slurm/cluster.sh start    install (if needed), configure, start, wait for idle node
 #   slurm/cluster.sh stop     cancel jobs, stop the daemons this script started
 #   slurm/cluster.sh status   daemons + sinfo; exit 0 if up, 1 if down
+#   slurm/cluster.sh start|stop|status --nodes 2
+#                             the two-node cluster beside it (slurm/two_nodes.sh; SLURM_CONF=/tmp/secvit-slurm2/etc/slurm.conf)
 #
 # Generated state (config copy, spool, state save, logs, pid files) lives in
 # ${SECVIT_SLURM_DIR:-/tmp/secvit-slurm}. The config is also installed as
 # /etc/slurm/slurm.conf so plain sbatch/squeue/sinfo find it from any shell.
 set -euo pipefail
+
+# The two-node cluster (slurm/two_nodes.sh): `--nodes 2` or SECVIT_SLURM_NODES=2; a separate instance.
+if [[ "${2:-}" == "--nodes" ]]; then SECVIT_SLURM_NODES="${3:-}"; fi
+case "${SECVIT_SLURM_NODES:-1}" in
+  1) ;;
+  2) exec bash "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/two_nodes.sh" "${1:-}" ;;
+  *) echo "cluster.sh: --nodes must be 1 or 2" >&2; exit 2 ;;
+esac
 
 DIR="${SECVIT_SLURM_DIR:-/tmp/secvit-slurm}"
 WAIT_S="${SECVIT_SLURM_WAIT_S:-60}"
@@ -47,12 +57,13 @@ daemon_pid() {
 
 running() { daemon_pid "$1" >/dev/null; }
 
-# A daemon named $1 that is running but was not started by this script.
+# A daemon named $1 that is running but was not started by this script (nor by two_nodes.sh).
 foreign_pid() {
-  local ours pid
+  local ours pid others
   ours="$(daemon_pid "$1" || true)"
+  others="$(cat "${SECVIT_SLURM2_DIR:-/tmp/secvit-slurm2}"/run/*.pid 2>/dev/null | xargs || true)"
   for pid in $(pgrep -x "$1" || true); do
-    [[ $pid == "$ours" ]] || { echo "$pid"; return 0; }
+    [[ $pid == "$ours" || " $others " == *" $pid "* ]] || { echo "$pid"; return 0; }
   done
   return 1
 }

@@ -93,8 +93,25 @@ def test_missing_setting_and_accumulation(params):
         from_section(PretrainConfig, data, "x")
     cfg = from_section(PretrainConfig, params["paper"]["pretrain"], "x")
     assert cfg.accumulation(8) == 2 and cfg.accumulation(16) == 1
-    with pytest.raises(SecvitError, match="not a multiple of batch_per_device 128 x 3 devices"):
-        cfg.accumulation(3)
+
+
+def test_global_batch_on_any_device_count_that_divides_it(params):
+    """Global batch 2048 (paper): every device count that divides it keeps it (micro-batches of at most
+    batch_per_device, accumulated); 12 devices cannot, and say so in one line."""
+    cfg = from_section(PretrainConfig, params["paper"]["pretrain"], "x")
+    for devices, (micro, accum) in {1: (128, 16), 8: (128, 2), 16: (128, 1), 32: (64, 1), 64: (32, 1), 2048: (1, 1)}.items():
+        assert cfg.micro_batch(devices) == (micro, accum)
+        assert micro * accum * devices == 2048
+    for devices in (3, 12, 24):
+        with pytest.raises(SecvitError) as err:
+            cfg.micro_batch(devices)
+        message = str(err.value)
+        assert message.startswith(f"global batch 2048 cannot be split evenly over {devices} devices;") and "\n" not in message
+        assert "1, 2, 4, 8, 16, 32" in message and f"multiple of {devices}" in message
+    twelve = from_section(PretrainConfig, {**params["paper"]["pretrain"], "batch_size": 3072}, "x")
+    assert twelve.micro_batch(12) == (128, 2)  # 3072 = 12 x 2 x 128: 12 devices keep it
+    odd = from_section(PretrainConfig, {**params["paper"]["pretrain"], "batch_size": 96, "batch_per_device": 40}, "x")
+    assert odd.micro_batch(1) == (32, 3) and odd.micro_batch(2) == (24, 2)  # micro-batches divide each device's share
 
 
 # ---- real smoke runs (subprocesses of the `secvit` CLI in a scratch project)
@@ -107,7 +124,9 @@ def smoke(tmp_path_factory, repo_root):
     assert secvit(project, "data", "--profile", "smoke", "--dataset", "imagenet").returncode == 0
     corrupt = project / "data/smoke/imagenet/train/n01441764/n01441764_999.JPEG"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    tic = time.perf_counter()
     result = secvit(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny")
+    (project / "pretrain_seconds.txt").write_text(str(time.perf_counter() - tic))  # the stage's wall time (test_plan_predicts...)
     assert result.returncode == 0, result.stderr[-2000:]
     yield project
     shutil.rmtree(project, ignore_errors=True)
@@ -134,6 +153,21 @@ def test_smoke_run_learns_and_reports(smoke):
     assert all(record[k] is None for k in ("model", "model_ema", "optimizer", "scheduler"))
     assert (run / "last.pth").stat().st_size < 1e5
     assert not list(run.glob("*.tmp"))
+
+
+def test_plan_predicts_the_smoke_pretraining_stage_within_2x(smoke):
+    """`secvit bench train` measures this CPU; `secvit plan` then predicts the wall time of the smoke
+    pretraining stage timed above within a factor of two (orchestrate/plan.py)."""
+    bench = secvit(smoke, "bench", "train", "--profile", "smoke", "--model", "secvit_tiny", "--steps", "4")
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    out = secvit(smoke, "plan", "--profile", "smoke", "--executor", "local", "--json", "--stage", "pretrain@smoke-secvit_tiny")
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = json.loads(out.stdout)
+    assert plan["throughput"]["source"].startswith("measured by `secvit bench train")
+    (stage,) = plan["stages"]
+    ran = float((smoke / "pretrain_seconds.txt").read_text())
+    print(f"pretrain@smoke-secvit_tiny: ran {ran:.1f} s, planned {stage['wall_s']:.1f} s")
+    assert 0.5 <= ran / stage["wall_s"] <= 2, f"ran {ran:.1f} s, planned {stage['wall_s']:.1f} s"
 
 
 def test_evaluate_checkpoint(smoke):

@@ -13,7 +13,7 @@ class PretrainConfig:
 
     epochs: int
     batch_size: int  # global batch, reached with gradient accumulation if needed
-    batch_per_device: int
+    batch_per_device: int  # the most images one device takes per forward pass
     lr_base: float  # learning rate per lr_base_batch images: lr = lr_base * batch_size / lr_base_batch
     lr_base_batch: int
     warmup_epochs: int
@@ -87,15 +87,30 @@ class PretrainConfig:
     def ema_decay_per_step(self) -> float:
         return self.ema_decay ** (self.batch_size / self.ema_decay_batch)
 
+    def micro_batch(self, world_size: int) -> tuple[int, int]:
+        """(images per device per forward pass, gradient accumulation steps) that keep the global batch
+        on ``world_size`` devices: each device takes ``batch_size / world_size`` images of every optimizer
+        step, in as few passes as fit ``batch_per_device``. A device count that does not divide the
+        global batch cannot keep it: one-line error."""
+        if world_size < 1:
+            raise SecvitError(f"need at least one device, got {world_size}")
+        if self.batch_size % world_size:
+            fits = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if self.batch_size % n == 0 and n <= self.batch_size]
+            nearest = self.batch_size - self.batch_size % world_size
+            raise SecvitError(
+                f"global batch {self.batch_size} cannot be split evenly over {world_size} devices; run on a device count "
+                f"that divides it ({', '.join(map(str, fits))}, ...) or set batch_size to a multiple of {world_size} "
+                f"(e.g. {nearest or world_size} or {nearest + world_size})"
+            )
+        share = self.batch_size // world_size
+        accum = -(-share // self.batch_per_device)
+        while share % accum:
+            accum += 1
+        return share // accum, accum
+
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps that reach the global batch on ``world_size`` devices."""
-        per_step = self.batch_per_device * world_size
-        if self.batch_size % per_step:
-            raise SecvitError(
-                f"global batch {self.batch_size} is not a multiple of batch_per_device {self.batch_per_device} "
-                f"x {world_size} devices; change batch_per_device"
-            )
-        return self.batch_size // per_step
+        return self.micro_batch(world_size)[1]
 
     def for_run(self, run: str) -> PretrainConfig:
         """The recipe of run ``run``: this one, with its ``run_epochs`` entry (if any) as ``epochs``."""

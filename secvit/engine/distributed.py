@@ -55,6 +55,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def hostnames() -> list[str]:
+    """The host name of every rank, in rank order (where a run's processes ran)."""
+    import socket
+
+    name = socket.gethostname()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [name]
+    names: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(names, name)
+    return names
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

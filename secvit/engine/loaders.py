@@ -62,6 +62,33 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class GlobalBatchShare(Sampler[int]):
+    """This device's share of every global batch of one epoch's sample order.
+
+    ``sampler`` yields the whole epoch's order (the same on every device). Optimizer step ``s``
+    trains on positions ``[s * global_batch, (s + 1) * global_batch)`` of it; device ``rank`` of
+    ``world_size`` takes the contiguous slice ``rank * share ... (rank + 1) * share`` of that range
+    (``share = global_batch / world_size``). Each step thus sees the same images, split into the same
+    micro-batches, on any device count with the same micro-batch: one device accumulating two
+    micro-batches computes what two devices compute. A partial last global batch is dropped.
+    """
+
+    def __init__(self, sampler: Sampler[int], rank: int, world_size: int, global_batch: int) -> None:
+        self.sampler, self.rank, self.share, self.global_batch = sampler, rank, global_batch // world_size, global_batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(self.sampler)
+        for start in range(0, len(order) - self.global_batch + 1, self.global_batch):
+            first = start + self.rank * self.share
+            yield from order[first : first + self.share]
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.global_batch * self.share
+
+
 class SkipSampler(Sampler[int]):
     """The indices of ``sampler`` for the current epoch, starting after the first ``skip``."""
 
@@ -114,12 +141,15 @@ def _loader(dataset: Dataset, sampler: Sampler, batch: int, workers: int, env: D
 
 
 def build_train_loader(root: Path, cfg: PretrainConfig, env: DistEnv, skip_log: Path | None) -> DataLoader:
+    """Micro-batches of this device's share of each global batch (:class:`GlobalBatchShare`)."""
     dataset = SeededDataset(ImageFolderDataset(root, "train", transform=train_transform(cfg), skip_log=skip_log), cfg.seed)
-    if cfg.repeated_aug:
-        base = RepeatAugSampler(dataset, num_replicas=env.world_size, rank=env.rank, num_repeats=cfg.repeated_aug_repeats)
+    if cfg.repeated_aug:  # the order of one replica: every device cuts its share from it
+        order = RepeatAugSampler(dataset, num_replicas=1, rank=0, num_repeats=cfg.repeated_aug_repeats)
     else:
-        base = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed)
-    return _loader(dataset, SkipSampler(base), cfg.batch_per_device, cfg.workers, env, drop_last=True)
+        order = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed)
+    micro, _ = cfg.micro_batch(env.world_size)
+    share = GlobalBatchShare(order, env.rank, env.world_size, cfg.batch_size)
+    return _loader(dataset, SkipSampler(share), micro, cfg.workers, env, drop_last=True)
 
 
 def build_eval_loader(

@@ -36,7 +36,7 @@ from secvit.data.imagenet import read_skips
 from secvit.data.layout import check_imagenet
 from secvit.engine import live
 from secvit.engine.config import PretrainConfig
-from secvit.engine.distributed import DistEnv, barrier, init_distributed
+from secvit.engine.distributed import DistEnv, barrier, hostnames, init_distributed
 from secvit.engine.amp import autocast, recipe_dtype
 from secvit.engine.evaluate import evaluate
 from secvit.engine.loaders import build_eval_loader, build_train_loader, derived_seed, seed_everything, set_epoch
@@ -190,7 +190,37 @@ def changed_settings(saved: dict[str, Any] | None, cfg: PretrainConfig) -> list[
     return sorted(k for k in current.keys() | saved.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
 
 
-def resume(run: RunDir, training: Training, identity: dict[str, Any], cfg: PretrainConfig | None = None) -> Position:
+def layout(cfg: PretrainConfig, env: DistEnv) -> dict[str, int]:
+    """How the global batch is split on this run's devices (saved in ``last.pth``)."""
+    micro, accum = cfg.micro_batch(env.world_size)
+    return {"world_size": env.world_size, "micro_batch": micro, "accumulation": accum}
+
+
+def _either(values: list[int]) -> str:
+    words = [str(v) for v in values]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def resumed_batch(state: dict[str, Any], cfg: PretrainConfig, env: DistEnv, path: Path) -> int:
+    """The position inside the epoch, in this run's batches, of a checkpoint written on another device count.
+
+    Each optimizer step trains on the same images in the same micro-batches on any device count with
+    the same micro-batch (:class:`secvit.engine.loaders.GlobalBatchShare`), so such a run continues
+    exactly; another micro-batch would change what the rest of the run computes: refused."""
+    saved = state.get("layout") or {"world_size": 1, **dict(zip(("micro_batch", "accumulation"), cfg.micro_batch(1)))}
+    now = layout(cfg, env)
+    if saved == now:
+        return state["batch"]
+    if saved["micro_batch"] != now["micro_batch"]:
+        same = [n for n in range(1, cfg.batch_size + 1) if cfg.batch_size % n == 0 and cfg.micro_batch(n)[0] == saved["micro_batch"]]
+        raise SecvitError(
+            f"{path} was trained on {saved['world_size']} devices in micro-batches of {saved['micro_batch']}; on {env.world_size} "
+            f"they would be {now['micro_batch']}, which changes the run: resume on {_either(same)} devices, or remove it to start over"
+        )
+    return state["batch"] // saved["accumulation"] * now["accumulation"]
+
+
+def resume(run: RunDir, training: Training, identity: dict[str, Any], cfg: PretrainConfig | None = None, env: DistEnv | None = None) -> Position:
     """Load ``last.pth`` into ``training`` and return its position; a fresh position without one.
 
     ``identity`` (model name, classes, architecture overrides) must match the checkpoint's. With
@@ -206,13 +236,15 @@ def resume(run: RunDir, training: Training, identity: dict[str, Any], cfg: Pretr
     if changed:
         console.log(f"{run.last} was trained with other settings ({', '.join(changed)}): starting over")
         return Position()
-    if state["model"] is not None:  # a finished run's last.pth is its record only: nothing is left to train
-        training.model.load_state_dict(state["model"])
-        if training.ema is not None:
-            training.ema.module.load_state_dict(state["model_ema"])
-        training.optimizer.load_state_dict(state["optimizer"])
-        training.scheduler.load_state_dict(state["scheduler"])
-    return Position(state["epoch"], state["batch"], state["history"], state["partial"])
+    if state["model"] is None:  # a finished run's last.pth is its record only: nothing is left to train
+        return Position(state["epoch"], state["batch"], state["history"], state["partial"])
+    batch = resumed_batch(state, cfg, env, run.last) if cfg is not None and env is not None else state["batch"]
+    training.model.load_state_dict(state["model"])
+    if training.ema is not None:
+        training.ema.module.load_state_dict(state["model_ema"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    return Position(state["epoch"], batch, state["history"], state["partial"])
 
 
 def save_last(run: RunDir, training: Training, position: Position, identity: dict[str, Any], cfg: PretrainConfig, env: DistEnv) -> None:
@@ -236,6 +268,7 @@ def save_last(run: RunDir, training: Training, position: Position, identity: dic
                 "history": position.history,
                 "partial": position.partial,
                 "config": cfg.to_dict(),
+                "layout": layout(cfg, env),
             },
             run.last,
         )
@@ -267,7 +300,10 @@ def train_one_epoch(
     for batch, (images, targets) in enumerate(loader, start=position.batch):
         if batch >= batches:
             break
-        seed_everything(derived_seed(cfg.seed, env.rank, epoch, batch))  # Mixup/CutMix, drop path
+        # Mixup/CutMix and drop path: seeded by the micro-batch's place in the epoch's global order (its
+        # step and its slot in the step), the same on any device count (the 0 keeps one-device runs as before)
+        slot = batch // accum * env.world_size * accum + env.rank * accum + batch % accum
+        seed_everything(derived_seed(cfg.seed, 0, epoch, slot))
         images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -356,14 +392,14 @@ def pretrain(
     env = init_distributed()
     run = RunDir(Path(run_dir), Path(results_dir or run_dir))
     num_classes = check_imagenet(data_root, expected=expected).classes
-    accum = cfg.accumulation(env.world_size)
+    micro, accum = cfg.micro_batch(env.world_size)
     run.root.mkdir(parents=True, exist_ok=True)
     run.results.mkdir(parents=True, exist_ok=True)
     model_kwargs = dict(model_kwargs or {})
     identity = {"model_name": model_name, "num_classes": num_classes, "model_kwargs": model_kwargs}
 
     training = build_training(model_name, cfg, num_classes, env, model_kwargs)
-    position = resume(run, training, identity, cfg)
+    position = resume(run, training, identity, cfg, env)
     resuming = position.epoch > 0 or position.batch > 0
     if resuming and env.is_main:
         console.log(f"resuming {model_name} from {run.last}: epoch {position.epoch + 1}, batch {position.batch}")
@@ -377,12 +413,14 @@ def pretrain(
     barrier()
     train_loader = build_train_loader(Path(data_root), cfg, env, run.skips)
     val_loader = build_eval_loader(Path(data_root), cfg.img_size, cfg.eval_crop_pct, cfg.interpolation, cfg.batch_per_device, cfg.workers, env, run.skips)
-    batches = len(train_loader.sampler.sampler) // cfg.batch_per_device
+    batches = len(train_loader.sampler.sampler) // micro  # whole global batches only (GlobalBatchShare)
     if batches < accum:
-        raise SecvitError(f"an epoch has {batches} batches of {cfg.batch_per_device}, fewer than one optimizer step ({accum}); lower batch_size")
-    batches -= batches % accum  # whole optimizer steps only
+        raise SecvitError(f"an epoch of {len(train_loader.dataset)} images has no whole global batch of {cfg.batch_size}; lower batch_size")
+    if training.mixup is not None and micro % 2:
+        raise SecvitError(f"Mixup/CutMix needs an even micro-batch; {env.world_size} devices make it {micro}")
 
-    extra = {"model": model_name, **model_kwargs, "num_classes": num_classes, "world_size": env.world_size, "global_batch": cfg.batch_size, "accumulation": accum, "lr": cfg.lr}
+    extra = {"model": model_name, **model_kwargs, "num_classes": num_classes, "world_size": env.world_size, "global_batch": cfg.batch_size, "micro_batch": micro, "accumulation": accum, "lr": cfg.lr,
+             "hosts": hostnames()}
     with _progress(env) as progress:
         epochs_bar = progress.add_task(f"{model_name} epochs", total=cfg.epochs, completed=position.epoch, status="")
         batches_bar = progress.add_task("batches", total=batches, status="")
@@ -404,7 +442,7 @@ def pretrain(
                 "epoch": epoch + 1,
                 "lr": training.optimizer.param_groups[0]["lr"],
                 "train_loss": partial["loss_sum"] / max(partial["batches"], 1),
-                "images_per_s": partial["batches"] * cfg.batch_per_device * env.world_size / max(partial["seconds"], 1e-9),
+                "images_per_s": partial["batches"] * micro * env.world_size / max(partial["seconds"], 1e-9),
             }
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 row.update(evaluate_epoch(training, val_loader, env, cfg.amp_dtype))
