@@ -72,7 +72,7 @@ def test_resume_on_another_device_count_is_exact_or_refused(tmp_path, repo_root)
     for name in ("straight", "moved"):
         project = make_project(tmp_path / name, repo_root)
         params = yaml.safe_load((project / "params.yaml").read_text())
-        params["smoke"]["pretrain"].update(epochs=1, checkpoint_every_steps=1)
+        params["smoke"]["pretrain"].update(epochs=1, checkpoint_every_steps=1, ema=False)  # best.pth: the raw weights
         params["smoke"]["data"]["imagenet"] = str(data)
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         projects[name] = project
@@ -99,9 +99,9 @@ def test_resume_on_another_device_count_is_exact_or_refused(tmp_path, repo_root)
     resumed = secvit(moved, "pretrain", "--profile", "smoke", "--model", "secvit_tiny", env={**env, "SECVIT_CPU_DEVICES": "1"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"batch {2 * killed['batch']}" in resumed.stderr  # step k on 2 devices is batch 2k with accumulation 2
-    # the finished runs keep their weights in best.pth (one epoch: its better of raw and EMA), last.pth is their record
+    # the finished runs keep their weights in best.pth (one epoch, no EMA: the raw weights), last.pth is their record
     a, b = (torch.load(p / "runs/smoke/pretrain/secvit_tiny/best.pth", map_location="cpu", weights_only=True) for p in (moved, projects["straight"]))
-    assert a["weights"] == b["weights"] and a["epoch"] == b["epoch"] == 1
+    assert a["weights"] == b["weights"] == "raw" and a["epoch"] == b["epoch"] == 1
     # every trained weight; BatchNorm's running statistics (used only in evaluation) are not among them:
     # under DDP they follow rank 0's micro-batches (torch's broadcast_buffers), on one device all
     weights = [k for k in b["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
