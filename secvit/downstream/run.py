@@ -204,18 +204,24 @@ def latest_checkpoint(work_dir: str | Path) -> str | None:
 
 
 def finish_checkpoints(work_dir: str | Path) -> None:
-    """After a finished run (trained and tested), its work directory's checkpoints keep the weights and
-    position only: resuming needs no optimizer or scheduler state once nothing is left to train (AdamW's
-    two moments are two thirds of a checkpoint)."""
+    """After a finished run (trained and tested), its work directory keeps one checkpoint, the latest,
+    with the weights and position only: resuming needs no optimizer or scheduler state once nothing is
+    left to train (AdamW's two moments are two thirds of a checkpoint), and no earlier checkpoint."""
     from secvit.checkpoint import atomic_save
     from secvit.downstream.hooks import load_own_checkpoint
 
+    latest = latest_checkpoint(work_dir)
+    if latest is None:
+        return
+    checkpoint = load_own_checkpoint(latest)
+    if "optimizer" in checkpoint or "param_schedulers" in checkpoint:
+        checkpoint.pop("optimizer", None)
+        checkpoint.pop("param_schedulers", None)
+        atomic_save(checkpoint, latest)
     for path in Path(work_dir).glob("*.pth"):
-        checkpoint = load_own_checkpoint(str(path))
-        if "optimizer" in checkpoint or "param_schedulers" in checkpoint:
-            checkpoint.pop("optimizer", None)
-            checkpoint.pop("param_schedulers", None)
-            atomic_save(checkpoint, path)
+        kind, _, number = path.stem.partition("_")
+        if kind in ("epoch", "iter") and number.isdigit() and str(path) != latest:
+            path.unlink()
 
 
 def run(cfg: Any) -> dict[str, float]:
