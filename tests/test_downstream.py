@@ -25,6 +25,7 @@ from secvit.tables.paper import load_paper_tables
 
 mmengine = pytest.importorskip("mmengine")
 from secvit.downstream.backbone import SecvitBackbone  # noqa: E402
+from secvit.downstream.hooks import load_own_checkpoint  # noqa: E402
 from secvit.downstream.run import latest_checkpoint, prepare_config, scale_image_sizes, swap_backbone  # noqa: E402
 
 ALL_CONFIGS = sorted(CONFIGS.glob("mm*/*/*.py"))
@@ -254,6 +255,9 @@ def test_segmentation_resumes_after_a_kill(project):
     assert 0 <= metrics["miou"] <= 100 and 0 <= metrics["aacc"] <= 100
     assert metrics["flops_input"] == "512x512" and metrics["gflops"] < metrics["gflops_all_ops"]
     assert latest_checkpoint(work) == str(work / "iter_6.pth")
+    assert sorted(p.name for p in work.glob("*.pth")) == ["iter_6.pth"]  # finished: the latest checkpoint only,
+    final = load_own_checkpoint(str(work / "iter_6.pth"), mmap=True)
+    assert "state_dict" in final and "optimizer" not in final and "param_schedulers" not in final  # without optimizer state
 
 
 @pytest.mark.slow
