@@ -46,9 +46,12 @@ def doctor(
 
 
 def _run(device: str, params: Path, out: Console) -> None:
+    import os
+
     from secvit.bench import environment
     from secvit.gpu_check import run_checks
 
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # as `secvit bench models`: the CPU peak-memory profiler is quiet
     with console.status("GPU check") as status:
         checks = run_checks(device, params, progress=lambda message: status.update(f"GPU check: {message}"))
     env = environment(device)
