@@ -169,3 +169,23 @@ def test_the_gpu_check_seca_part_runs_on_the_cpu():
     checks = check_seca("cpu", SIZES["cpu"])
     assert [c.passed for c in checks] == [True, True], [c.detail for c in checks]
     assert "(divisible)" in checks[0].part and "(non-divisible)" in checks[1].part
+
+
+def test_doctor_rows_on_a_gpu_node(monkeypatch):
+    """The CUDA rows where CUDA works (mocked: an H100 node) with mmcv's CUDA ops built for it, or for another GPU."""
+    import secvit.doctor as doctor
+
+    monkeypatch.setattr(gpu, "cuda_report", _h100_report)
+    monkeypatch.setattr(gpu, "mmcv_report", lambda: gpu.MmcvReport("2.1.0", "13.0", ["sm_90"]))
+    report = doctor.Report("paper")
+    doctor._cuda(report, needs_cuda=True, needs_mmcv=True)
+    rows = {r.check: (r.status, r.detail) for r in report.rows}
+    assert rows["GPUs"] == ("ok", "0: NVIDIA H100 (sm_90, 79.1 GiB)")
+    assert rows["NVIDIA driver"] == ("ok", "580.65.06 (supports CUDA up to 13.0)")
+    assert rows["mmcv CUDA ops"] == ("ok", "CUDA 13.0: sm_90")
+    assert rows["bf16"][0] == "ok" and report.runnable
+    monkeypatch.setattr(gpu, "mmcv_report", lambda: gpu.MmcvReport("2.1.0", "13.0", ["sm_80"]))
+    report = doctor.Report("paper")
+    doctor._cuda(report, needs_cuda=True, needs_mmcv=True)
+    status, detail = {r.check: (r.status, r.detail) for r in report.rows}["mmcv CUDA ops"]
+    assert status == "fail" and "TORCH_CUDA_ARCH_LIST='9.0'" in detail and not report.runnable
