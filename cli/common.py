@@ -17,6 +17,14 @@ from secvit.errors import SecvitError
 console = Console(stderr=True)
 ProfileOpt = Annotated[str, typer.Option(help="Profile section of params.yaml: smoke or paper.")]
 ParamsOpt = Annotated[Path, typer.Option(help="The params file.")]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="cuda: the stage needs a usable GPU (checked first); cpu: it may run without one. Default: <profile>.device.", show_default=False),
+]
+AllowCpuOpt = Annotated[
+    bool,
+    typer.Option("--allow-cpu", help="Opt in to running a GPU stage (paper profile, --device cuda) on the CPU; same as SECVIT_ALLOW_CPU=1."),
+]
 F = TypeVar("F", bound=Callable)
 
 

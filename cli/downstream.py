@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from secvit.cli.common import ParamsOpt, ProfileOpt, user_errors
+from secvit.cli.common import AllowCpuOpt, DeviceOpt, ParamsOpt, ProfileOpt, user_errors
 from secvit.cli.train import ExecutorOpt
 
 ModelOpt = Annotated[str, typer.Option(help="Backbone, e.g. secvit_small (any model of `secvit list-models`).")]
@@ -26,16 +26,23 @@ def detect(
     params: ParamsOpt = Path("params.yaml"),
     weights: WeightsOpt = None,
     executor: ExecutorOpt = None,
+    device: DeviceOpt = None,
+    allow_cpu: AllowCpuOpt = False,
 ) -> None:
     """Train and evaluate a COCO detector with a SecViT backbone (paper tables 3 and 4).
 
     Checkpoints go to runs/<profile>/detection/<model>-<detector>-<schedule>/ (a rerun resumes there);
     box/mask AP, params and FLOPs to results/<profile>/detection/<...>/metrics.json.
     """
+    from secvit.gpu import allow_cpu as opt_in_cpu
     from secvit.pipelines.downstream import detect_stage
     from secvit.orchestrate.launch import run_stage
 
-    result = run_stage("detect", detect_stage, executor, profile=profile, model=model, detector=detector, schedule=schedule, weights=weights, params=params)
+    opt_in_cpu(allow_cpu)
+    result = run_stage(
+        "detect", detect_stage, executor, profile=profile, model=model, detector=detector, schedule=schedule, weights=weights, params=params,
+        device=device,
+    )
     if result is not None:
         print(json.dumps(result, indent=2, sort_keys=True))
 
@@ -47,16 +54,22 @@ def segment(
     params: ParamsOpt = Path("params.yaml"),
     weights: WeightsOpt = None,
     executor: ExecutorOpt = None,
+    device: DeviceOpt = None,
+    allow_cpu: AllowCpuOpt = False,
 ) -> None:
     """Train and evaluate an ADE20K segmentor with a SecViT backbone (paper table 5).
 
     Checkpoints go to runs/<profile>/segmentation/<model>-<head>/ (a rerun resumes there);
     mIoU, params and FLOPs to results/<profile>/segmentation/<model>-<head>/metrics.json.
     """
+    from secvit.gpu import allow_cpu as opt_in_cpu
     from secvit.pipelines.downstream import segment_stage
     from secvit.orchestrate.launch import run_stage
 
-    result = run_stage("segment", segment_stage, executor, profile=profile, model=model, head=head, weights=weights, params=params)
+    opt_in_cpu(allow_cpu)
+    result = run_stage(
+        "segment", segment_stage, executor, profile=profile, model=model, head=head, weights=weights, params=params, device=device
+    )
     if result is not None:
         print(json.dumps(result, indent=2, sort_keys=True))
 

@@ -6,7 +6,7 @@ import warnings
 
 import typer
 
-from secvit.cli import bench, data, downstream, models, plan, repro, results, train
+from secvit.cli import bench, data, doctor, downstream, models, plan, repro, results, train
 
 # torch 2.14 warns on every import of libraries that still call torch.jit.script.
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
@@ -27,6 +27,7 @@ results.register(app)
 repro.register(app)
 bench.register(app)
 plan.register(app)
+doctor.register(app)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from secvit.cli.common import ParamsOpt, console, user_errors
+from secvit.cli.common import AllowCpuOpt, DeviceOpt, ParamsOpt, console, user_errors
 from secvit.cli.train import ExecutorOpt
 from secvit.errors import SecvitError
 
@@ -22,20 +22,24 @@ def complexity(
     profile: Annotated[str | None, typer.Option(help="Stage mode: measure every model of this profile.")] = None,
     params: ParamsOpt = Path("params.yaml"),
     executor: ExecutorOpt = None,
+    device: DeviceOpt = None,
+    allow_cpu: AllowCpuOpt = False,
 ) -> None:
     """Parameters and FLOPs (fvcore) at 1x3xSxS of MODEL, or (--profile) the complexity stage."""
     from secvit.complexity import measure
+    from secvit.gpu import allow_cpu as opt_in_cpu
     from secvit.orchestrate.slurm import run_on_slurm, use_slurm
 
+    opt_in_cpu(allow_cpu)
     if use_slurm(executor) and (profile is not None or executor is not None):  # $SECVIT_EXECUTOR: stages only
         if profile is None:
             raise SecvitError("--executor slurm runs the complexity stage only; add --profile smoke|paper")
-        run_on_slurm("complexity", {"profile": profile, "params": params}, profile, params)
+        run_on_slurm("complexity", {"profile": profile, "params": params, "device": device}, profile, params)
         return
     if profile is not None:
         from secvit.pipelines.complexity import complexity_stage
 
-        console.print(f"wrote {complexity_stage(profile, params)}")
+        console.print(f"wrote {complexity_stage(profile, params, device)}")
         return
     if model is None:
         raise SecvitError("give a MODEL (e.g. secvit_small) or --profile smoke|paper")

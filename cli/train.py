@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from secvit.cli.common import ParamsOpt, ProfileOpt, console, user_errors
+from secvit.cli.common import AllowCpuOpt, DeviceOpt, ParamsOpt, ProfileOpt, console, user_errors
 
 ExecutorOpt = Annotated[
     str | None,
@@ -32,16 +32,22 @@ def pretrain(
         str | None, typer.Option(help="Table-6 ablation, e.g. no_lce (default model with it: ablations.model).")
     ] = None,
     executor: ExecutorOpt = None,
+    device: DeviceOpt = None,
+    allow_cpu: AllowCpuOpt = False,
 ) -> None:
     """Train a backbone on ImageNet-1K with the paper's recipe (<profile>.pretrain).
 
     Checkpoints go to runs/<profile>/pretrain/<run>/ and training resumes from last.pth there;
     metrics and curves go to results/<profile>/pretrain/<run>/.
     """
+    from secvit.gpu import allow_cpu as opt_in_cpu
     from secvit.orchestrate.launch import run_stage
     from secvit.pipelines.pretrain import pretrain_stage
 
-    metrics = run_stage("pretrain", pretrain_stage, executor, profile=profile, model=model, clusters=clusters, ablation=ablation, params=params)
+    opt_in_cpu(allow_cpu)
+    metrics = run_stage(
+        "pretrain", pretrain_stage, executor, profile=profile, model=model, clusters=clusters, ablation=ablation, params=params, device=device
+    )
     if metrics is not None:
         console.print(f"best top-1 {metrics['best_top1']:.2f} ({metrics['best_weights']} weights, epoch {metrics['best_epoch']})")
 
@@ -57,6 +63,8 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="ImageNet root (default: <profile>.data.imagenet).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here too.")] = None,
     executor: ExecutorOpt = None,
+    device: DeviceOpt = None,
+    allow_cpu: AllowCpuOpt = False,
 ) -> None:
     """Top-1/top-5 of a checkpoint on the validation split.
 
@@ -65,10 +73,14 @@ def evaluate(
     results/<profile>/pretrain/<model>/eval.json too. A checkpoint holding raw and EMA weights
     (last.pth, released files) is evaluated with both.
     """
+    from secvit.gpu import allow_cpu as opt_in_cpu
     from secvit.pipelines.evaluate import evaluate_stage
     from secvit.orchestrate.launch import run_stage
 
-    result = run_stage("evaluate", evaluate_stage, executor, profile=profile, model=model, checkpoint=checkpoint, data=data, out=out, params=params)
+    opt_in_cpu(allow_cpu)
+    result = run_stage(
+        "evaluate", evaluate_stage, executor, profile=profile, model=model, checkpoint=checkpoint, data=data, out=out, params=params, device=device
+    )
     if result is not None:
         print(json.dumps(result, indent=2, sort_keys=True))
 

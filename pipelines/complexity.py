@@ -26,11 +26,14 @@ def output(profile: str) -> Path:
     return results_root(profile) / COMPLEXITY
 
 
-def complexity_stage(profile: str, params: Path) -> Path:
+def complexity_stage(profile: str, params: Path, device: str | None = None) -> Path:
     import torch
 
     from secvit.complexity import FLOP_CONVENTION, measure, throughput
     from secvit.atomic import write_json
+    from secvit.gpu import require_device
+
+    require_device("complexity", profile, params, device)
 
     cfg = load(params, profile, "complexity", ComplexityConfig)
     sweep = sweep_config(params)

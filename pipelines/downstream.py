@@ -132,10 +132,15 @@ def _test_ms_flip(cfg: Any) -> dict[str, float]:
     return dict(Runner.from_cfg(tta).test())
 
 
-def detect_stage(profile: str, model: str, detector: str, schedule: str, params: Path, weights: Path | None = None) -> dict[str, Any]:
+def detect_stage(
+    profile: str, model: str, detector: str, schedule: str, params: Path, weights: Path | None = None, device: str | None = None
+) -> dict[str, Any]:
     """Train and evaluate one detector with one backbone on COCO."""
     from secvit.data.layout import check_coco
     from secvit.downstream.run import detection_summary
+    from secvit.gpu import require_device
+
+    require_device("detect", profile, params, device, mmcv_ops=True)
 
     pattern = DETECTION_CONFIGS.get((detector, schedule))
     if pattern is None:
@@ -147,10 +152,15 @@ def detect_stage(profile: str, model: str, detector: str, schedule: str, params:
     return _run(DETECTION, profile, model, (detector, schedule), pattern, params, weights, root, _coco_classes(root), detection_summary)
 
 
-def segment_stage(profile: str, model: str, head: str, params: Path, weights: Path | None = None) -> dict[str, Any]:
+def segment_stage(
+    profile: str, model: str, head: str, params: Path, weights: Path | None = None, device: str | None = None
+) -> dict[str, Any]:
     """Train and evaluate one segmentor with one backbone on ADE20K."""
     from secvit.data.layout import ADE_DIR, check_ade20k
     from secvit.downstream.run import segmentation_summary
+    from secvit.gpu import require_device
+
+    require_device("segment", profile, params, device, mmcv_ops=True)
 
     pattern = SEGMENTATION_CONFIGS.get(head)
     if pattern is None:

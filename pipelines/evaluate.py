@@ -19,7 +19,8 @@ from secvit.runs import BEST, EVAL, results_dir, run_dir
 
 
 def evaluate_stage(
-    profile: str, model: str, params: Path, checkpoint: Path | None = None, data: Path | None = None, out: Path | None = None
+    profile: str, model: str, params: Path, checkpoint: Path | None = None, data: Path | None = None, out: Path | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (default: the run's best.pth) and return the metrics.
 
@@ -33,9 +34,11 @@ def evaluate_stage(
     from secvit.engine.distributed import init_distributed
     from secvit.engine.evaluate import evaluate
     from secvit.engine.loaders import build_eval_loader
+    from secvit.gpu import require_device
     from secvit.models.registry import check_model, create
     from secvit.models.secvit import checkpoint_filter_fn
 
+    require_device("evaluate", profile, params, device)
     check_model(model)
     cfg = load(params, profile, "pretrain", PretrainConfig)
     data_cfg = data_config(params, profile)

@@ -16,13 +16,15 @@ __all__ = ["pretrain_stage", "results_dir", "run_dir"]  # the run paths live in 
 
 
 def pretrain_stage(
-    profile: str, model: str | None, params: Path, clusters: str | None = None, ablation: str | None = None
+    profile: str, model: str | None, params: Path, clusters: str | None = None, ablation: str | None = None, device: str | None = None
 ) -> dict[str, Any]:
     """Pretrain ``model``; with ``clusters``: the sweep model at that cluster setting (table 7); with
-    ``ablation``: the ablation model with that table-6 ablation."""
+    ``ablation``: the ablation model with that table-6 ablation. ``device``: see :func:`secvit.gpu.require_device`."""
     from secvit.engine.train import pretrain
+    from secvit.gpu import require_device
     from secvit.models.registry import check_model
 
+    require_device("pretrain", profile, params, device)
     if model is None:
         if clusters is None and ablation is None:
             raise SecvitError("give --model, --clusters for a run of the table-7 sweep, or --ablation for a table-6 ablation")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create or reuse the project environment in .venv/ with every version pinned.
 #   requirements.lock  all Python packages (resolved from requirements.in by scripts/lock.sh)
-#   mmcv 2.1.0         built from source once per machine and cached (scripts/build_mmcv.sh)
+#   mmcv 2.1.0         built from source once per machine and cached (scripts/build_mmcv.sh): with
+#                      CPU ops, or with CPU and CUDA ops where a GPU is visible or SECVIT_MMCV_CUDA=1
+#                      (scripts/mmcv_flavour.sh says which, and names the cache directory)
 # Re-running is cheap: a stamp of the inputs skips the install when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,9 +16,11 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   exit 2
 fi
 
-torch_pin=$(grep -E '^torch==' requirements.lock | cut -d= -f3)
-wheel_dir=${SECVIT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/secvit/wheels}/torch-$torch_pin-cp311
-stamp=$(cat requirements.lock pyproject.toml scripts/env.sh scripts/build_mmcv.sh | sha256sum | cut -c1-16)
+source scripts/mmcv_flavour.sh
+wheel_dir=$MMCV_WHEEL_DIR
+# the stamp names the mmcv flavour too: switching between the CPU and a CUDA build reinstalls mmcv
+stamp=$( (cat requirements.lock pyproject.toml scripts/env.sh scripts/build_mmcv.sh scripts/mmcv_flavour.sh; echo "$wheel_dir") \
+  | sha256sum | cut -c1-16)
 
 if [ -f .venv/.secvit-env ] && [ "$(cat .venv/.secvit-env)" = "$stamp" ]; then
   exit 0
@@ -31,10 +35,20 @@ echo "secvit: installing pinned packages into .venv" >&2
 "$uv" pip install -q --python .venv/bin/python --compile-bytecode -r requirements.lock
 
 mmcv_wheel=$(ls "$wheel_dir"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+legacy=$(ls "$MMCV_LEGACY_CPU_DIR"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$mmcv_wheel" ] && [ "$MMCV_FLAVOUR" = cpu ] && [ -n "$legacy" ]; then
+  # a CPU wheel cached before the key named the flavour (every build then was FORCE_CUDA=0)
+  mkdir -p "$wheel_dir" && cp "$legacy" "$wheel_dir/" && mmcv_wheel=$wheel_dir/$(basename "$legacy")
+fi
 if [ -z "$mmcv_wheel" ]; then
-  echo "secvit: building mmcv $MMCV_VERSION with CPU ops (once per machine, ~15 min on 2 cores)" >&2
+  if [ "$MMCV_FLAVOUR" = cuda ]; then
+    echo "secvit: building mmcv $MMCV_VERSION with CUDA ops for $MMCV_ARCHS (once per machine and architectures)" >&2
+  else
+    echo "secvit: building mmcv $MMCV_VERSION with CPU ops (once per machine, ~15 min on 2 cores)" >&2
+  fi
   mmcv_wheel=$(scripts/build_mmcv.sh "$wheel_dir" | tail -n1)
 fi
-"$uv" pip install -q --python .venv/bin/python --compile-bytecode --no-deps "$mmcv_wheel"
+# same name and version for every flavour: reinstall, or uv keeps whichever build is there
+"$uv" pip install -q --python .venv/bin/python --compile-bytecode --no-deps --reinstall-package mmcv "$mmcv_wheel"
 "$uv" pip install -q --python .venv/bin/python --compile-bytecode --no-deps -e .
 echo "$stamp" > .venv/.secvit-env
