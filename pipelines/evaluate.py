@@ -12,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from secvit.pipelines.settings import data_config, load
-from secvit.engine.config import PretrainConfig
+from secvit.pipelines.settings import data_config, pretrain_config
 from secvit.errors import SecvitError
 from secvit.runs import BEST, EVAL, results_dir, run_dir
 
@@ -37,7 +36,7 @@ def evaluate_stage(
     from secvit.models.secvit import checkpoint_filter_fn
 
     check_model(model)
-    cfg = load(params, profile, "pretrain", PretrainConfig)
+    cfg = pretrain_config(params, profile, None)
     data_cfg = data_config(params, profile)
     stage = checkpoint is None and data is None  # the evaluate stage: the run's own checkpoint and data
     if checkpoint is None:

@@ -152,7 +152,7 @@ def pretrain_requeued_mid_epoch(repo: Path, checkpoint_s: float, finish_s: float
 
 
 def test_requeued_job_resumes_to_identical_result(scratch):
-    params = {"smoke.data.generate.imagenet.train_per_class": 48, "smoke.pretrain.checkpoint_every_steps": 3}
+    params = {"smoke.data.generate.imagenet.train_per_class": 48, "smoke.pretrain_speed.checkpoint_every_steps": 3}
     ref, req = scratch("reference", params), scratch("requeued", params)
     run(ref, "secvit", "data", "--profile", "smoke", "--dataset", "imagenet")
     shutil.copytree(ref / "data", req / "data")
@@ -313,17 +313,49 @@ def test_slurm_settings_and_executor(tmp_path):
         path.write_text(yaml.safe_dump({**params, "slurm": {**params["slurm"], **changes}}))
         return load_slurm_config(path)
 
-    cfg = load(stages={"pretrain": {"gpus_per_node": 8, "timeout_min": 4320}, "data": {"mem_gb": 1}})
+    cfg = load(stages={"pretrain": {"gpus_per_node": 8, "timeout_min": 4320}, "data": {"mem_gb": 1}}, partition="debug")
     executor = make_executor(cfg, "pretrain@paper-secvit_tiny", "pretrain", tmp_path / "%j", dependencies=["7", "9"])
     p = executor._executor.parameters
     assert (p["gpus_per_node"], p["ntasks_per_node"], p["time"], p["partition"]) == (8, 8, 4320, "debug")
     assert p["srun_args"] == [f"--cpus-per-task={cfg.cpus_per_task}"] and p["signal_delay_s"] == cfg.signal_delay_s
     assert p["additional_parameters"]["dependency"] == "afterok:7:9"
+    assert executor._executor.max_num_timeout == cfg.max_requeues == 50  # requeued after 50 time limits, not 3
     data = make_executor(cfg, "data-smoke@coco", stage_kind("data-smoke@coco"), tmp_path / "%j")._executor.parameters
     assert data["mem"] == "1GB" and data["ntasks_per_node"] == 1 and "gpus_per_node" not in data
     cpu_ddp = make_executor(load(stages={"pretrain": {"tasks_per_node": 2}}), "p", "pretrain", tmp_path / "%j")._executor.parameters
     assert cpu_ddp["ntasks_per_node"] == 2 and "gpus_per_node" not in cpu_ddp  # several tasks on a CPU-only node
     assert [stage_kind(s) for s in ("sweep@smoke-64-8-2-1", "evaluate@paper-secvit_base", "tables@smoke")] == ["pretrain", "evaluate", "tables"]
+    shipped = make_executor(load_slurm_config(ROOT / "params.yaml"), "tables@smoke", "tables", tmp_path / "%j")._executor.parameters
+    assert "partition" not in shipped and "mem" not in shipped  # the cluster's defaults, not a test partition
+
+    # per profile, stage kind and run, most specific last
+    cfg = load(
+        stages={"pretrain": {"gpus_per_node": 4}},
+        runs={"pretrain@smoke-secvit_tiny": {"timeout_min": 7}},
+        profiles={"paper": {"gpus_per_node": 8, "cpus_per_task": 12, "stages": {"data": {"gpus_per_node": 0}}, "runs": {"secvit_large": {"nodes": 2}}}},
+    )
+    settings = {
+        stage: (r.nodes, r.gpus_per_node, r.cpus_per_task, r.timeout_min)
+        for stage, kind, profile in [
+            ("pretrain@paper-secvit_large", "pretrain", "paper"),
+            ("evaluate@paper-secvit_large", "evaluate", "paper"),
+            ("pretrain@paper-secvit_base", "pretrain", "paper"),
+            ("data-paper@coco", "data", "paper"),
+            ("detect@paper-secvit_large-mask_rcnn-1x", "detect", "paper"),
+            ("pretrain@smoke-secvit_tiny", "pretrain", "smoke"),
+            ("pretrain@smoke-sec_swin_tiny", "pretrain", "smoke"),
+        ]
+        for r in [cfg.for_stage(kind, profile, stage)]
+    }
+    assert settings == {
+        "pretrain@paper-secvit_large": (2, 8, 12, 60),
+        "evaluate@paper-secvit_large": (2, 8, 12, 60),
+        "pretrain@paper-secvit_base": (1, 8, 12, 60),
+        "data-paper@coco": (1, 0, 12, 60),
+        "detect@paper-secvit_large-mask_rcnn-1x": (1, 8, 12, 60),
+        "pretrain@smoke-secvit_tiny": (1, 4, 1, 7),
+        "pretrain@smoke-sec_swin_tiny": (1, 4, 1, 60),
+    }
 
     for changes, message in [
         ({"gpus": 1}, "unknown setting 'slurm.gpus'"),
@@ -332,6 +364,10 @@ def test_slurm_settings_and_executor(tmp_path):
         ({"stages": {"pretrain": {"gpu_per_node": 8}}}, "unknown setting 'slurm.stages.pretrain.gpu_per_node'"),
         ({"cpus_per_task": 0}, "setting 'slurm.cpus_per_task' must be at least 1"),
         ({"tasks_per_node": 0}, "setting 'slurm.tasks_per_node' must be at least 1 or null"),
+        ({"profiles": {"papr": {}}}, "unknown profile 'slurm.profiles.papr'"),
+        ({"profiles": {"paper": {"poll_s": 5}}}, "'slurm.profiles.paper.poll_s' can only be set for all jobs"),
+        ({"runs": {"secvit_large": {"node": 2}}}, "unknown setting 'slurm.runs.secvit_large.node'"),
+        ({"profiles": {"paper": {"runs": {"secvit_large": {"nodes": "two"}}}}}, "setting 'slurm.profiles.paper.runs.secvit_large.nodes' must be int"),
     ]:
         with pytest.raises(SecvitError, match=re.escape(message)):
             load(**changes)
@@ -364,7 +400,7 @@ def test_dvc_repro_runs_gpu_stages_as_jobs_with_executor_variable(scratch):
 def test_two_task_job_trains_ddp_with_the_global_batch_and_resumes_after_requeue(scratch):
     if node_cpus() < 2:
         pytest.skip("the node has fewer than 2 CPUs for 2 tasks")
-    params = {"smoke.pretrain.epochs": 1, "smoke.pretrain.checkpoint_every_steps": 2, "slurm.stages": {"pretrain": {"tasks_per_node": 2}}}
+    params = {"smoke.pretrain.epochs": 1, "smoke.pretrain_speed.checkpoint_every_steps": 2, "slurm.stages": {"pretrain": {"tasks_per_node": 2}}}
     repo = scratch(params=params)
     make_imagenet(repo / "data/smoke/imagenet", num_classes=4, train_per_class=48, val_per_class=8, size=48, seed=0)  # 6 steps of 2 x 16
     job, _, fields = pretrain_requeued_mid_epoch(repo, checkpoint_s=240, finish_s=300)

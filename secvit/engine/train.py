@@ -34,8 +34,8 @@ from secvit.atomic import own_copy, write_json
 from secvit.checkpoint import atomic_save, load_file_checked
 from secvit.data.imagenet import read_skips
 from secvit.data.layout import check_imagenet
-from secvit.engine import live
-from secvit.engine.config import PretrainConfig
+from secvit.engine import live, stop
+from secvit.engine.config import SPEED_SETTINGS, PretrainConfig
 from secvit.engine.distributed import DistEnv, barrier, init_distributed
 from secvit.engine.amp import autocast, recipe_dtype
 from secvit.engine.evaluate import evaluate
@@ -153,7 +153,7 @@ def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimi
 def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: DistEnv, model_kwargs: dict[str, Any]) -> Training:
     """Model (same initial weights on every rank), EMA, optimizer, schedule, Mixup/CutMix and loss of the recipe."""
     seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = create(model_name, num_classes=num_classes, drop_path_rate=cfg.drop_path_for(model_name), **model_kwargs)
+    model = create(model_name, num_classes=num_classes, drop_path_rate=cfg.drop_path, **model_kwargs)
     if cfg.sync_bn and env.distributed and env.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     apply_speed_options(model, cfg, env.device)
@@ -179,8 +179,8 @@ def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: 
     return Training(model, model, ema, optimizer, scheduler, mixup, criterion)  # DDP wraps it after resume
 
 
-# Recipe settings that do not change what is computed: a checkpoint written with other values resumes.
-RESUMABLE_CHANGES = frozenset({"workers", "checkpoint_every_steps"})
+# Settings that do not change the results (speed, memory): a checkpoint written with other values resumes.
+RESUMABLE_CHANGES = frozenset(SPEED_SETTINGS)
 
 
 def changed_settings(saved: dict[str, Any] | None, cfg: PretrainConfig) -> list[str]:
@@ -212,7 +212,14 @@ def resume(run: RunDir, training: Training, identity: dict[str, Any], cfg: Pretr
     if state.get("optimizer") is not None:  # a finished run's last.pth keeps none: nothing is left to train
         training.optimizer.load_state_dict(state["optimizer"])
         training.scheduler.load_state_dict(state["scheduler"])
-    return Position(state["epoch"], state["batch"], state["history"], state["partial"])
+    batch = state["batch"]
+    saved_bpd = (state.get("config") or {}).get("batch_per_device", cfg.batch_per_device if cfg else None)
+    if cfg is not None and batch and saved_bpd != cfg.batch_per_device:
+        # saved after a whole optimizer step: the same images seen, in batches of the new size
+        if (batch * saved_bpd) % cfg.batch_per_device:
+            raise SecvitError(f"{run.last} stopped after {batch} batches of {saved_bpd}, not a whole number of batches of {cfg.batch_per_device}; keep batch_per_device {saved_bpd} until the epoch ends")
+        batch = batch * saved_bpd // cfg.batch_per_device
+    return Position(state["epoch"], batch, state["history"], state["partial"])
 
 
 def save_last(run: RunDir, training: Training, position: Position, identity: dict[str, Any], cfg: PretrainConfig, env: DistEnv) -> None:
@@ -257,7 +264,9 @@ def train_one_epoch(
 
     Adds the loss, batch count and seconds to ``position.partial``; calls ``checkpoint(done)``
     every ``cfg.checkpoint_every_steps`` optimizer steps inside the epoch (done = batches
-    finished) and ``on_batch()`` after every batch.
+    finished) and ``on_batch()`` after every batch. When a stop was requested (:mod:`.stop`,
+    SLURM's pre-timeout signal), saves a checkpoint after the step in flight and raises
+    :class:`~secvit.engine.stop.Stopped`.
     """
     model, train_model, partial = training.model, training.train_model, position.partial
     set_epoch(loader, epoch, skip_batches=position.batch)
@@ -292,6 +301,10 @@ def train_one_epoch(
             if training.ema is not None:
                 training.ema.update(model)
             done = batch + 1
+            if done < batches and stop.requested(env.device):
+                partial["seconds"] += time.perf_counter() - tic
+                checkpoint(done)
+                raise stop.Stopped(f"epoch {epoch + 1}, batch {done}")
             if cfg.checkpoint_every_steps and (done // accum) % cfg.checkpoint_every_steps == 0 and done < batches:
                 partial["seconds"] += time.perf_counter() - tic
                 tic = time.perf_counter()
@@ -337,6 +350,11 @@ def _progress(env: DistEnv) -> Progress:
     )
 
 
+def _report_stop(run: RunDir, stopped: stop.Stopped, env: DistEnv) -> None:
+    if env.is_main:
+        console.log(f"stopped on request (SIGUSR2): saved {run.last} at {stopped.message}; run again to resume")
+
+
 def pretrain(
     model_name: str,
     cfg: PretrainConfig,
@@ -353,6 +371,7 @@ def pretrain(
     (default: ``run_dir``).
     """
     env = init_distributed()
+    stop.listen()  # SIGUSR2 (SLURM's pre-timeout signal): checkpoint after the step in flight, exit
     run = RunDir(Path(run_dir), Path(results_dir or run_dir))
     num_classes = check_imagenet(data_root, expected=expected).classes
     accum = cfg.accumulation(env.world_size)
@@ -396,7 +415,11 @@ def pretrain(
             def on_batch() -> None:
                 progress.update(batches_bar, advance=1, status=f"loss {position.partial['loss_sum'] / position.partial['batches']:.4f}")
 
-            train_one_epoch(training, train_loader, epoch, position, batches, accum, cfg, env, checkpoint, on_batch)
+            try:
+                train_one_epoch(training, train_loader, epoch, position, batches, accum, cfg, env, checkpoint, on_batch)
+            except stop.Stopped as stopped:
+                _report_stop(run, stopped, env)
+                raise
 
             partial = position.partial
             row = {
@@ -419,6 +442,10 @@ def pretrain(
                 shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
                 console.log(f"epoch {epoch + 1}/{cfg.epochs}: {shown}")
             progress.update(epochs_bar, advance=1, status=f"best top-1 {metrics['best_top1']:.2f}" if metrics["best_top1"] is not None else "")
+            if epoch + 1 < cfg.epochs and stop.requested(env.device):
+                stopped = stop.Stopped(f"epoch {epoch + 2}, batch 0")
+                _report_stop(run, stopped, env)
+                raise stopped
 
     metrics = run_metrics(run, position.history, extra)
     if env.is_main:
