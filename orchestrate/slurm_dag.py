@@ -231,6 +231,7 @@ class Scheduler:
             self.failed.append(row)
             self.done.add(row.stage)
             console.print(f"[red]stage {row.stage}: dvc commit failed: {type(e).__name__}: {e}")
+            self._give_up_below(row.stage)
             return
         self.jobs.committed(row.stage)
         row.note = "committed"
@@ -257,14 +258,19 @@ class Scheduler:
         self.done.add(row.stage)
         console.print(log_tail(row.job), markup=False, highlight=False)
         console.print(f"[red]stage {row.stage}: SLURM job {row.job.job_id} ended {row.state}")
-        for name in downstream_of(list(self.plans.values()), row.stage):
+        self._give_up_below(row.stage)
+
+    def _give_up_below(self, failed: str) -> None:
+        """Nothing downstream of ``failed`` can be committed: cancel those jobs, skip those stages."""
+        for name in downstream_of(list(self.plans.values()), failed):
             if name in self.done:
                 continue
             self.done.add(name)
             other = self.rows.get(name)
             if other is not None:
-                cancel([other.job.job_id])
-                other.state, other.note = "CANCELLED", f"upstream {row.stage} failed"
+                if other.state in ACTIVE:
+                    cancel([other.job.job_id])
+                other.state, other.note = "CANCELLED", f"upstream {failed} failed"
 
     def error(self) -> SecvitError:
         first = self.failed[0]

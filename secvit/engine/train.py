@@ -400,6 +400,8 @@ def pretrain(
         raise SecvitError(f"an epoch has {batches} batches of {cfg.batch_per_device}, fewer than one optimizer step ({accum}); lower batch_size")
     batches -= batches % accum  # whole optimizer steps only
 
+    if env.is_main:
+        console.log(f"training {model_name} from epoch {position.epoch + 1}, batch {position.batch}: {batches} batches of {cfg.batch_per_device} per epoch")
     extra = {"model": model_name, **model_kwargs, "num_classes": num_classes, "world_size": env.world_size, "global_batch": cfg.batch_size, "accumulation": accum, "lr": cfg.lr}
     with _progress(env) as progress:
         epochs_bar = progress.add_task(f"{model_name} epochs", total=cfg.epochs, completed=position.epoch, status="")
