@@ -6,6 +6,11 @@ DVC runs one stage at a time, and a smoke stage spends much of its time in singl
 finish the DAG sooner. Both executors take the stale stages from DVC's own graph, run their
 interpolated commands, upstream first, and record each finished stage with ``dvc commit`` (serially,
 from this process), so ``dvc status`` afterwards is what ``dvc repro`` would have left.
+
+They run exactly the stages ``dvc repro`` would (:func:`stale_stages`): a stage below a stage that
+runs is not run because of it, but checked again once it has run (:func:`still_changed`), as DVC
+checks each stage in turn; an ``always_changed`` data stage whose output comes out the same leaves
+everything below it alone.
 """
 
 from __future__ import annotations
@@ -216,7 +221,8 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> None:
     """Run ``plans`` (from :func:`stale_stages`) as up to ``jobs`` local processes at once, each
-    once its upstream stages are committed; commit each as it completes.
+    once its upstream stages are committed (a conditional one only if they changed its
+    dependencies); commit each as it completes.
 
     Each stage's output goes to ``logs/<stage>.log``; each process gets ``cpu_count // jobs``
     threads (``OMP_NUM_THREADS``, unless set). A failed stage is reported with its log tail and

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from secvit.errors import SecvitError
 from secvit.params import check_profile
 from secvit.runs import PLOTS, TABLES, logs_dir, results_root, tables_file
@@ -77,6 +79,7 @@ def resolve_targets(root: Path, profile: str, names: list[str] | None) -> list[s
         return targets(profile)
     params = load_params(root / "params.yaml")
     runs = run_stages(params, profile)
+    groups = set((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {})
     stages: list[str] = []
     for name in names:
         if name == "all":
@@ -88,7 +91,7 @@ def resolve_targets(root: Path, profile: str, names: list[str] | None) -> list[s
             stages += found
         elif name in runs:
             stages += runs[name]
-        elif "@" in name or re.fullmatch(r"[a-z]+(-[a-z]+)?", name):
+        elif "@" in name or name in groups:
             stages.append(name)  # a stage or a stage group; stale_stages checks it against dvc.yaml
         else:
             raise SecvitError(

@@ -6,8 +6,11 @@ command again; training then resumes from ``last.pth`` in its run directory.
 Job settings come from the ``slurm:`` section of params.yaml (:class:`SlurmConfig`),
 which no DVC stage tracks, so changing the cluster never invalidates results.
 
-Job states are read with ``scontrol``/``squeue`` (:func:`job_state`), not with sacct,
-which needs SLURM accounting.
+Job states are read with ``squeue`` (:func:`query_jobs`: one call for all the jobs being watched,
+per poll), then from submitit's result files once SLURM has forgotten a job; not with sacct,
+which needs SLURM accounting. Before a time limit SLURM sends USR2: :class:`StageJob` passes it on
+to the stage, which saves a checkpoint after the step in flight and stops, and the job is requeued
+(up to ``max_requeues`` time limits).
 """
 
 from __future__ import annotations

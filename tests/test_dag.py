@@ -107,3 +107,16 @@ def test_repro_targets_name_tables_runs_and_stages(tmp_path, repo_root):
         resolve_targets(repo, "smoke", ["secvit_tinny"])
     with pytest.raises(SecvitError, match="unknown table 'table9'"):
         resolve_targets(repo, "smoke", ["table9"])
+
+
+def test_repro_runs_only_what_a_target_needs(tmp_path, repo_root):
+    from conftest import one_line_error, secvit, secvit_in_process
+
+    repo = scratch_repo(repo_root, tmp_path / "repo")
+    result = secvit(repo, "repro", "data-smoke@coco", "--jobs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    started = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("started ")]
+    assert started == ["data-smoke@coco"] and "done: data-smoke@coco (smoke)" in " ".join(result.stderr.split())
+    assert not (repo / "results/tables.md").exists()  # not the whole profile: no pointer to its tables
+    message = one_line_error(secvit_in_process(repo, "repro", "tabel4"))
+    assert "unknown target 'tabel4'" in message
