@@ -56,4 +56,4 @@ def repro(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("repro", help="Run the study (or the part that targets need) through DVC: secvit repro [all|table4|RUN|STAGE]...")(repro)
+    app.command("repro")(repro)

@@ -244,7 +244,7 @@ def make_executor(
 
 def _ignore_usr2() -> None:
     """In the stage process: ignore SLURM's pre-timeout USR2 (submitit handles it in the job's own
-    process) until the stage listens for it (training does: :mod:`secvit.engine.stop`)."""
+    process) until the stage listens for it (training does: :func:`secvit.engine.distributed.listen_for_stop`)."""
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
@@ -269,7 +269,7 @@ class StageJob:
         self.__init__(state.get("stop_wait_s", 60.0))
 
     def __call__(self, argv: list[str], workdir: str) -> int:
-        from secvit.engine.stop import EXIT_CODE
+        from secvit.engine.distributed import STOP_EXIT_CODE
 
         env = self._environment()
         exe = shutil.which(argv[0], path=env["PATH"]) or argv[0]
@@ -278,7 +278,7 @@ class StageJob:
         self._process = subprocess.Popen([exe, *argv[1:]], cwd=workdir, env=env, preexec_fn=_ignore_usr2, start_new_session=True)
         while (code := self._process.poll()) is None:  # polling: the signal handler may wait for it too
             time.sleep(0.5)
-        if code in (-signal.SIGTERM, EXIT_CODE):  # SLURM ends the job, or another task stopped the run
+        if code in (-signal.SIGTERM, STOP_EXIT_CODE):  # SLURM ends the job, or another task stopped the run
             self._wait_to_be_killed()
         if code != 0:
             raise RuntimeError(f"`{shlex.join(argv)}` exited with status {code} in {workdir}")

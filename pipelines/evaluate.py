@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from secvit.pipelines.settings import data_config, pretrain_config
+from secvit.pipelines.settings import data_config
+from secvit.engine.config import pretrain_config
 from secvit.errors import SecvitError
 from secvit.runs import BEST, EVAL, results_dir, run_dir
 

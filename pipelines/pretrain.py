@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from secvit.pipelines.settings import data_config, pretrain_config
+from secvit.pipelines.settings import data_config
+from secvit.engine.config import pretrain_config
 from secvit.pipelines.sweep import ablation_config, parse_clusters, sweep_config
 from secvit.errors import SecvitError
 from secvit.models.variants import ablation_options

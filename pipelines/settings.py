@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secvit.params import from_section, load_params, profile_section, section
+from secvit.params import from_section, load_params, profile_section
 
 DATASETS = ("imagenet", "coco", "ade20k")
 
@@ -40,16 +40,3 @@ def load(params_path: str | Path, profile: str, name: str, cls: type):
 
 def data_config(params_path: str | Path, profile: str) -> DataConfig:
     return load(params_path, profile, "data", DataConfig)
-
-
-def pretrain_config(params_path: str | Path, profile: str, run: str | None):
-    """The pretraining recipe of run ``run`` (a run key: ``secvit_tiny``, ``secvit_tiny-no_lce``), from
-    ``<profile>.pretrain``, ``<profile>.pretrain_speed`` and ``<profile>.pretrain_runs.<run>``; with
-    ``run`` None (evaluation of any checkpoint), the shared recipe with no drop path."""
-    from secvit.engine.config import recipe_of_run
-
-    params = load_params(params_path)
-    shared = profile_section(params, profile, "pretrain")
-    speed = profile_section(params, profile, "pretrain_speed")
-    own = section(params, f"{profile}.pretrain_runs.{run}", str(params_path)) if run else {"drop_path": 0.0}
-    return recipe_of_run(shared, speed, own, profile)

@@ -28,7 +28,7 @@ from secvit.params import load_params
 
 @pytest.fixture(scope="module")
 def cfg(repo_root) -> PretrainConfig:
-    from secvit.pipelines.settings import pretrain_config
+    from secvit.engine.config import pretrain_config
 
     return pretrain_config(repo_root / "params.yaml", "smoke", "secvit_tiny")
 
@@ -45,7 +45,7 @@ def _grads(model, x, targets):
 
 
 def test_speed_options_are_in_the_paper_recipe(repo_root):
-    from secvit.pipelines.settings import pretrain_config
+    from secvit.engine.config import pretrain_config
 
     paper = pretrain_config(repo_root / "params.yaml", "paper", "secvit_tiny")
     assert paper.fused_optimizer and paper.channels_last and not paper.compile and not paper.grad_checkpointing

@@ -14,6 +14,8 @@ from mmengine.runner import EpochBasedTrainLoop
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from secvit.engine.distributed import Stopped, listen_for_stop, stop_requested
+
 __all__ = ["CpuDistributedDataParallel", "ResumableEpochBasedTrainLoop", "RichProgressHook", "SafeResumeHook", "StopOnSignalHook", "resume_globals"]
 
 
@@ -126,24 +128,20 @@ class CpuDistributedDataParallel(MMDistributedDataParallel):
 
 @HOOKS.register_module()
 class StopOnSignalHook(Hook):
-    """SLURM's pre-timeout signal (``SIGUSR2``, :mod:`secvit.engine.stop`): after the iteration in flight,
+    """SLURM's pre-timeout signal (``SIGUSR2``, :func:`secvit.engine.distributed.stop_requested`): after the iteration in flight,
     save ``iter_<N>.pth`` in the work directory (weights, optimizer, schedulers, the position) and exit
-    with :data:`~secvit.engine.stop.EXIT_CODE`; the requeued job resumes from it (the latest checkpoint),
+    with :data:`~secvit.engine.distributed.STOP_EXIT_CODE`; the requeued job resumes from it (the latest checkpoint),
     so a requeue loses at most one iteration. Epoch-based runs resume inside the epoch through
     :class:`ResumableEpochBasedTrainLoop`."""
 
     priority = "LOWEST"  # after the schedulers stepped and the other hooks saw the iteration
 
     def before_train(self, runner) -> None:
-        from secvit.engine import stop
-
-        stop.listen()
+        listen_for_stop()
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        from secvit.engine import stop
-
         device = next(runner.model.parameters()).device
-        if not stop.requested(device):  # every rank asks after every iteration: they stop together
+        if not stop_requested(device):  # every rank asks after every iteration: they stop together
             return
         name = f"iter_{runner.iter + 1}.pth"
         # by_epoch=False: the position is (the epoch in progress, the iterations done)
@@ -151,7 +149,7 @@ class StopOnSignalHook(Hook):
         message = f"epoch {runner.epoch + 1}, iteration {runner.iter + 1}"
         if runner.rank == 0:
             Console(stderr=True).log(f"stopped on request (SIGUSR2): saved {runner.work_dir}/{name} at {message}; run again to resume")
-        raise stop.Stopped(message)
+        raise Stopped(message)
 
 
 @LOOPS.register_module()

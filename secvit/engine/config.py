@@ -12,6 +12,7 @@ params.yaml keeps a run's settings in three places, so that DVC tracks exactly w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from secvit.errors import SecvitError
@@ -135,3 +136,17 @@ def recipe_of_run(shared: dict[str, Any], speed: dict[str, Any], run: dict[str, 
     if "drop_path" not in run:
         raise SecvitError(f"missing setting '{where}.pretrain_runs.<run>.drop_path'")
     return from_section(PretrainConfig, {**shared, **speed, **run}, f"{where}.pretrain")
+
+
+def pretrain_config(params_path: str | Path, profile: str, run: str | None) -> PretrainConfig:
+    """The pretraining recipe of run ``run`` (a run key: ``secvit_tiny``, ``secvit_tiny-no_lce``) in the
+    params file, from ``<profile>.pretrain``, ``<profile>.pretrain_speed`` and
+    ``<profile>.pretrain_runs.<run>``; with ``run`` None (evaluation of any checkpoint), the shared
+    recipe with no drop path."""
+    from secvit.params import load_params, profile_section, section
+
+    params = load_params(params_path)
+    shared = profile_section(params, profile, "pretrain")
+    speed = profile_section(params, profile, "pretrain_speed")
+    own = section(params, f"{profile}.pretrain_runs.{run}", str(params_path)) if run else {"drop_path": 0.0}
+    return recipe_of_run(shared, speed, own, profile)

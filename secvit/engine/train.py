@@ -34,9 +34,9 @@ from secvit.atomic import own_copy, write_json
 from secvit.checkpoint import atomic_save, load_file_checked
 from secvit.data.imagenet import read_skips
 from secvit.data.layout import check_imagenet
-from secvit.engine import live, stop
+from secvit.engine import live
 from secvit.engine.config import SPEED_SETTINGS, PretrainConfig
-from secvit.engine.distributed import DistEnv, barrier, init_distributed
+from secvit.engine.distributed import DistEnv, Stopped, barrier, init_distributed, listen_for_stop, stop_requested
 from secvit.engine.amp import autocast, recipe_dtype
 from secvit.engine.evaluate import evaluate
 from secvit.engine.loaders import build_eval_loader, build_train_loader, derived_seed, seed_everything, set_epoch
@@ -264,9 +264,9 @@ def train_one_epoch(
 
     Adds the loss, batch count and seconds to ``position.partial``; calls ``checkpoint(done)``
     every ``cfg.checkpoint_every_steps`` optimizer steps inside the epoch (done = batches
-    finished) and ``on_batch()`` after every batch. When a stop was requested (:mod:`.stop`,
+    finished) and ``on_batch()`` after every batch. When a stop was requested (:func:`~secvit.engine.distributed.stop_requested`,
     SLURM's pre-timeout signal), saves a checkpoint after the step in flight and raises
-    :class:`~secvit.engine.stop.Stopped`.
+    :class:`~secvit.engine.Stopped`.
     """
     model, train_model, partial = training.model, training.train_model, position.partial
     set_epoch(loader, epoch, skip_batches=position.batch)
@@ -301,10 +301,10 @@ def train_one_epoch(
             if training.ema is not None:
                 training.ema.update(model)
             done = batch + 1
-            if done < batches and stop.requested(env.device):
+            if done < batches and stop_requested(env.device):
                 partial["seconds"] += time.perf_counter() - tic
                 checkpoint(done)
-                raise stop.Stopped(f"epoch {epoch + 1}, batch {done}")
+                raise Stopped(f"epoch {epoch + 1}, batch {done}")
             if cfg.checkpoint_every_steps and (done // accum) % cfg.checkpoint_every_steps == 0 and done < batches:
                 partial["seconds"] += time.perf_counter() - tic
                 tic = time.perf_counter()
@@ -350,7 +350,7 @@ def _progress(env: DistEnv) -> Progress:
     )
 
 
-def _report_stop(run: RunDir, stopped: stop.Stopped, env: DistEnv) -> None:
+def _report_stop(run: RunDir, stopped: Stopped, env: DistEnv) -> None:
     if env.is_main:
         console.log(f"stopped on request (SIGUSR2): saved {run.last} at {stopped.message}; run again to resume")
 
@@ -371,7 +371,7 @@ def pretrain(
     (default: ``run_dir``).
     """
     env = init_distributed()
-    stop.listen()  # SIGUSR2 (SLURM's pre-timeout signal): checkpoint after the step in flight, exit
+    listen_for_stop()  # SIGUSR2 (SLURM's pre-timeout signal): checkpoint after the step in flight, exit
     run = RunDir(Path(run_dir), Path(results_dir or run_dir))
     num_classes = check_imagenet(data_root, expected=expected).classes
     accum = cfg.accumulation(env.world_size)
@@ -419,7 +419,7 @@ def pretrain(
 
             try:
                 train_one_epoch(training, train_loader, epoch, position, batches, accum, cfg, env, checkpoint, on_batch)
-            except stop.Stopped as stopped:
+            except Stopped as stopped:
                 _report_stop(run, stopped, env)
                 raise
 
@@ -444,8 +444,8 @@ def pretrain(
                 shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
                 console.log(f"epoch {epoch + 1}/{cfg.epochs}: {shown}")
             progress.update(epochs_bar, advance=1, status=f"best top-1 {metrics['best_top1']:.2f}" if metrics["best_top1"] is not None else "")
-            if epoch + 1 < cfg.epochs and stop.requested(env.device):
-                stopped = stop.Stopped(f"epoch {epoch + 2}, batch 0")
+            if epoch + 1 < cfg.epochs and stop_requested(env.device):
+                stopped = Stopped(f"epoch {epoch + 2}, batch 0")
                 _report_stop(run, stopped, env)
                 raise stopped
 
