@@ -6,6 +6,11 @@ DVC runs one stage at a time, and a smoke stage spends much of its time in singl
 finish the DAG sooner. Both executors take the stale stages from DVC's own graph, run their
 interpolated commands, upstream first, and record each finished stage with ``dvc commit`` (serially,
 from this process), so ``dvc status`` afterwards is what ``dvc repro`` would have left.
+
+They run exactly the stages ``dvc repro`` would (:func:`stale_stages`): a stage below a stage that
+runs is not run because of it, but checked again once it has run (:func:`still_changed`), as DVC
+checks each stage in turn; an ``always_changed`` data stage whose output comes out the same leaves
+everything below it alone.
 """
 
 from __future__ import annotations
@@ -28,13 +33,18 @@ SHELL_CHARS = set(";&|<>$`\\\"'*?(){}[]~#\n")
 
 @dataclass(frozen=True)
 class StalePlan:
-    """A stale stage: its DVC name, interpolated command, working directory and the stale
-    stages directly upstream of it."""
+    """A stage to run, or to check again: its DVC name, interpolated command, working directory and
+    the planned stages directly upstream of it.
+
+    ``conditional``: the stage is up to date now, but a planned stage upstream of it will run first
+    (it is stale, or ``always_changed``). As ``dvc repro`` does, the executors check it again once
+    those have finished and run it only if its dependencies changed (:func:`still_changed`)."""
 
     name: str
     cmd: str
     wdir: Path
     upstream: tuple[str, ...]
+    conditional: bool = False
 
 
 # ---- which stages are stale (DVC's graph)
@@ -62,7 +72,12 @@ def _command(stage: Any) -> str:
 
 
 def stale_stages(root: Path, targets: list[str]) -> list[StalePlan]:
-    """The stale stages among ``targets`` and everything upstream, upstream first."""
+    """The stages among ``targets`` and everything upstream that ``dvc repro`` may run, upstream first.
+
+    A stage that has changed (``stage.changed()``: command, params, deps or outs differ from
+    dvc.lock; always for ``always_changed``) is planned to run. A stage that has not, but has a
+    planned stage upstream, is planned ``conditional``: DVC does not re-run it because an upstream
+    stage ran, only if that run changed its dependencies."""
     import networkx as nx
     from dvc.repo import lock_repo
 
@@ -71,16 +86,89 @@ def stale_stages(root: Path, targets: list[str]) -> list[StalePlan]:
         wanted = {s for t in targets for s in _select(list(graph.nodes), t)}
         closure = wanted.union(*(nx.descendants(graph, s) for s in wanted))
         order = list(reversed(list(nx.topological_sort(graph.subgraph(closure)))))
-        stale: dict[Any, bool] = {}
+        plans: dict[Any, StalePlan] = {}
         for stage in order:
-            upstream_stale = any(stale[u] for u in graph.successors(stage))
-            runnable = bool(stage.cmd) and not stage.frozen
-            stale[stage] = runnable and (upstream_stale or stage.changed())
-        return [
-            StalePlan(s.addressing, _command(s), Path(s.wdir), tuple(u.addressing for u in graph.successors(s) if stale[u]))
-            for s in order
-            if stale[s]
-        ]
+            if not stage.cmd or stage.frozen:
+                continue
+            upstream = tuple(u.addressing for u in graph.successors(stage) if u in plans)
+            if stage.changed():
+                plans[stage] = StalePlan(stage.addressing, _command(stage), Path(stage.wdir), upstream)
+            elif upstream:
+                plans[stage] = StalePlan(stage.addressing, _command(stage), Path(stage.wdir), upstream, conditional=True)
+        return list(plans.values())
+
+
+def still_changed(root: Path, names: list[str]) -> set[str]:
+    """Those of the stages ``names`` that have changed now (checked once their upstream stages ran)."""
+    from dvc.repo import lock_repo
+
+    if not names:
+        return set()
+    with dvc_repo(root) as repo, lock_repo(repo):
+        stages = [s for s in repo.index.graph.nodes if s.addressing in names]
+        return {s.addressing for s in stages if s.changed()}
+
+
+def fingerprints(root: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """What each stage ``names`` runs, as it stands now: its command, its params' values and the
+    hashes of its dependencies that no stage writes (the code). Two equal fingerprints mean a job
+    submitted for the stage runs what the stage asks now (the outputs of the stages upstream are
+    checked when those run, :func:`lock_outs`). Keys: ``cmd``, ``params``, ``deps``."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import lock_repo
+
+    found: dict[str, dict[str, Any]] = {}
+    with dvc_repo(root) as repo, lock_repo(repo):
+        graph = repo.index.graph
+        for stage in (s for s in graph.nodes if s.addressing in names):
+            written = [o.fs_path for u in graph.successors(stage) for o in u.outs]
+            params: dict[str, Any] = {}
+            deps: dict[str, str | None] = {}
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency):
+                    params.update(dep.read_params())
+                elif not any(_overlap(dep.fs_path, path) for path in written):
+                    try:
+                        deps[dep.def_path] = dep.get_hash().value
+                    except Exception:  # missing: an output of a stage outside this DAG
+                        deps[dep.def_path] = None
+            found[stage.addressing] = {"cmd": _command(stage), "params": _jsonable(params), "deps": deps}
+    return found
+
+
+def _overlap(a: str, b: str) -> bool:
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+
+
+def _jsonable(value: Any) -> Any:
+    """Params as JSON stores them (tuples as lists), so a fingerprint read back compares equal."""
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What differs between two :func:`fingerprints` of a stage, in words (empty: nothing)."""
+    if not old:
+        return []
+    changes = ["its command"] if old.get("cmd") != new["cmd"] else []
+    for kind, what in (("params", "param"), ("deps", "dependency")):
+        a, b = old.get(kind, {}), new[kind]
+        changes += [f"{what} {key}" for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
+    return changes
+
+
+def lock_outs(root: Path, name: str) -> dict[str, Any] | None:
+    """The outputs (path -> hash) that dvc.lock records for stage ``name``; None without an entry."""
+    import yaml
+
+    path = root / "dvc.lock"
+    if not path.exists():
+        return None
+    entry = (yaml.safe_load(path.read_text()) or {}).get("stages", {}).get(name)
+    if entry is None:
+        return None
+    return {o["path"]: o.get("md5") or o.get("hash") for o in entry.get("outs", [])}
 
 
 def commit_stage(root: Path, name: str, tries: int = 5) -> None:
@@ -133,7 +221,8 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> None:
     """Run ``plans`` (from :func:`stale_stages`) as up to ``jobs`` local processes at once, each
-    once its upstream stages are committed; commit each as it completes.
+    once its upstream stages are committed (a conditional one only if they changed its
+    dependencies); commit each as it completes.
 
     Each stage's output goes to ``logs/<stage>.log``; each process gets ``cpu_count // jobs``
     threads (``OMP_NUM_THREADS``, unless set). A failed stage is reported with its log tail and
@@ -152,6 +241,7 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
     committed: set[str] = set()
     failed: list[str] = []
     skipped: set[str] = set()
+    current: set[str] = set()  # conditional stages found up to date once their upstream ran
     began = time.monotonic()
     downstream = {p.name: len(downstream_of(plans, p.name)) for p in plans}
 
@@ -191,7 +281,15 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
     try:
         with console.status("") as status:
             while pending or running:
-                ready = sorted((p for p in pending if all(u in committed for u in p.upstream)), key=priority)
+                ready = sorted((p for p in pending if all(u in committed | current for u in p.upstream)), key=priority)
+                check = [p.name for p in ready if p.conditional]
+                if check:  # their upstream stages ran: run them only if that changed their dependencies
+                    changed = still_changed(root, check)
+                    for plan in [p for p in ready if p.conditional and p.name not in changed]:
+                        pending.remove(plan)
+                        ready.remove(plan)
+                        current.add(plan.name)
+                        console.print(f"[green]up to date[/] {plan.name} [dim](its dependencies did not change)")
                 for plan in ready[: jobs - len(running)]:
                     pending.remove(plan)
                     start(plan)

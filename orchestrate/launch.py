@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable
@@ -102,9 +103,16 @@ def per_device(fn: Callable[..., T], *args: Any) -> T:
         monitor_interval=0.5,
     )
     quiet_launcher_logs()
+    from secvit.engine.distributed import STOP_EXIT_CODE, STOP_SIGNAL
+
+    # SLURM's pre-timeout signal is for the training processes (they checkpoint and stop), not for
+    # their launcher; ignored here, it stays ignored in them until they listen for it
+    signal.signal(STOP_SIGNAL, signal.SIG_IGN)
     try:
         results = elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
+        if any(f.exitcode == STOP_EXIT_CODE for f in e.failures.values()):
+            raise SystemExit(STOP_EXIT_CODE) from None  # they stopped on request, checkpoint saved
         rank, failure = e.get_first_failure()
         message = failure.message if isinstance(failure.message, str) else failure.message.get("message", "")
         first = message.strip().splitlines()[0] if message and message.strip() else f"exit code {failure.exitcode}"

@@ -412,14 +412,12 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
     flops = flops or Flops(params_path.parent / FLOPS_CACHE)
     families, run_peers = peer_settings(params, profile)
     data = profile_section(params, profile, "data")
-    pre = profile_section(params, profile, "pretrain")
-    from secvit.engine.config import PretrainConfig
+    from secvit.engine.config import pretrain_config
     from secvit.models.variants import ablation_options
-    from secvit.params import from_section
     from secvit.pipelines.sweep import ablation_config, parse_clusters, sweep_config
     from secvit.runs import run_key
 
-    recipe = from_section(PretrainConfig, pre, f"{profile}.pretrain")
+    recipe = pretrain_config(params_path, profile, None)  # the shared recipe; each run's own values below
     gpu = not rate.measured or str(rate.measured.get("device", "")).startswith("cuda")  # the defaults are GPUs
     stages: list[StagePlan] = []
     res_cache: dict[str, _Resources] = {}
@@ -455,7 +453,7 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
     def pretrain_stage(stage: str, model: str, run: str, options: dict[str, Any], tables: list[str], upstream: list[str]) -> None:
         if not wanted(stage):
             return
-        cfg = recipe.for_run(run)
+        cfg = pretrain_config(params_path, profile, run)
         gflops, params_count = flops(model, cfg.img_size, options)
         train_n, val_n = _count(data, "imagenet", "train"), _count(data, "imagenet", "val")
         steps = train_n // cfg.batch_size
@@ -577,22 +575,20 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
 
     from secvit.checkpoint import atomic_save
     from secvit.engine.amp import autocast, recipe_dtype
-    from secvit.engine.config import PretrainConfig
+    from secvit.engine.config import pretrain_config
     from secvit.engine.distributed import DistEnv
     from secvit.engine.train import build_training
     from secvit.models.registry import check_model
-    from secvit.params import from_section
 
     check_model(model)
     if steps < 1 or warmup < 0:
         raise SecvitError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     params = load_params(params_path)
-    cfg = from_section(PretrainConfig, profile_section(params, profile, "pretrain"), f"{profile}.pretrain")
+    own = model in (profile_section(params, profile, "pretrain_runs") or {})
+    cfg = pretrain_config(params_path, profile, model if own else None)  # the model's run settings, if it has a run
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     env = DistEnv(0, 1, 0, dev)
     classes = 1000
-    if cfg.drop_path.get(model) is None:
-        cfg = dataclasses.replace(cfg, drop_path={**cfg.drop_path, model: 0.0})
     training = build_training(model, cfg, classes, env, {})
     startup = _process_age()
     batch = cfg.batch_per_device

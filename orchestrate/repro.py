@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from secvit.errors import SecvitError
 from secvit.params import check_profile
@@ -17,6 +21,84 @@ from secvit.orchestrate.slurm import stage_env
 def targets(profile: str) -> list[str]:
     """The final stages of a profile; `dvc repro` runs everything upstream that is stale."""
     return [f"tables@{profile}", f"figures@{profile}"]
+
+
+def run_stages(params: dict[str, Any], profile: str) -> dict[str, list[str]]:
+    """The profile's runs (keys as in results/<profile>/: ``secvit_tiny``, ``secvit_tiny-no_lce``,
+    ``secvit_small-c64-16-4-1``, ``secvit_tiny-mask_rcnn-1x``) -> the dvc.yaml stages that make them."""
+    found: dict[str, list[str]] = {}
+    prefix = f"{profile}-"
+    for group, stages in (("runs", ("pretrain", "evaluate")), ("detection_runs", ("detect",)), ("segmentation_runs", ("segment",))):
+        for key, run in (params.get(group) or {}).items():
+            if run.get("profile") == profile:
+                found[key.removeprefix(prefix)] = [f"{stage}@{key}" for stage in stages]
+    sweep, ablations = params.get("sweep") or {}, params.get("ablations") or {}
+    for clusters in sweep.get("clusters") or []:
+        found[f"{sweep['model']}-c{clusters}"] = [f"sweep@{profile}-{clusters}"]
+    for variant in ablations.get("variants") or []:
+        found[f"{ablations['model']}-{variant}"] = [f"ablate@{profile}-{variant}"]
+    return found
+
+
+def table_stages(params: dict[str, Any], profile: str, table: str) -> list[str]:
+    """The stages whose results table ``table`` (``table1`` ... ``table8``) of the paper shows."""
+    from secvit.tables.paper import load_paper_tables
+
+    tables = load_paper_tables()
+    if table not in tables:
+        raise SecvitError(f"unknown table {table!r}; the paper's tables are {', '.join(tables)}")
+    task = tables[table].task
+    runs = params.get("runs") or {}
+    mine = {k: r for k, r in runs.items() if r.get("profile") == profile}
+    if task == "classification":
+        return [f"complexity@{profile}", *(f"{s}@{k}" for k in mine for s in ("pretrain", "evaluate"))]
+    if task in ("detection", "segmentation"):
+        group, stage = ("detection_runs", "detect") if task == "detection" else ("segmentation_runs", "segment")
+        settings = [{k: v for k, v in sec.setting.items() if k != "iters"} for sec in tables[table].sections]
+        return [
+            f"{stage}@{key}"
+            for key, run in (params.get(group) or {}).items()
+            if run.get("profile") == profile and any(all(run.get(k) == v for k, v in s.items()) for s in settings)
+        ]
+    if task == "ablation":
+        model = params["ablations"]["model"]
+        return [f"complexity@{profile}", f"pretrain@{profile}-{model}", *(f"ablate@{profile}-{v}" for v in params["ablations"]["variants"])]
+    if task == "clusters":
+        model = params["sweep"]["model"]
+        return [f"complexity@{profile}", f"pretrain@{profile}-{model}", *(f"sweep@{profile}-{c}" for c in params["sweep"]["clusters"])]
+    return [f"complexity@{profile}"]  # architecture: the measured structure and complexity
+
+
+def resolve_targets(root: Path, profile: str, names: list[str] | None) -> list[str]:
+    """``secvit repro`` targets as dvc.yaml stage names: ``all`` (the default: the whole profile), a
+    table (``table4``: what it shows), a run key (``secvit_tiny``, ``secvit_tiny-mask_rcnn-1x``: the
+    stages that make that run) or a dvc.yaml stage or stage group name (``pretrain@smoke-secvit_tiny``)."""
+    from secvit.params import load_params
+
+    if not names:
+        return targets(profile)
+    params = load_params(root / "params.yaml")
+    runs = run_stages(params, profile)
+    groups = set((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {})
+    stages: list[str] = []
+    for name in names:
+        if name == "all":
+            stages += targets(profile)
+        elif re.fullmatch(r"table\d+", name):
+            found = table_stages(params, profile, name)
+            if not found:
+                raise SecvitError(f"the {profile} profile has no runs for {name} (params.yaml lists them)")
+            stages += found
+        elif name in runs:
+            stages += runs[name]
+        elif "@" in name or name in groups:
+            stages.append(name)  # a stage or a stage group; stale_stages checks it against dvc.yaml
+        else:
+            raise SecvitError(
+                f"unknown target {name!r}: give all, a table (table1 ... table8), a run of the {profile} profile "
+                f"({', '.join(list(runs)[:3])}, ...) or a dvc.yaml stage name"
+            )
+    return list(dict.fromkeys(stages))
 
 
 def dvc_executable() -> str:
@@ -41,13 +123,15 @@ def default_jobs() -> int:
     return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
 
 
-def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None) -> Path:
-    """Run the profile's stale stages here; returns the tables path. One job: ``dvc repro`` of the
-    profile's targets; more: that many stages side by side (:func:`secvit.orchestrate.dag.run_parallel`)."""
+def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None, names: list[str] | None = None) -> Path:
+    """Run the stale stages of the profile (or of the targets ``names``, :func:`resolve_targets`)
+    here; returns the tables path. One job: ``dvc repro`` of those stages; more: that many stages
+    side by side (:func:`secvit.orchestrate.dag.run_parallel`)."""
     check_profile(profile)
     check_repo(root)
     if jobs is not None and jobs < 1:
         raise SecvitError(f"--jobs must be at least 1, got {jobs}")
+    stages = resolve_targets(root, profile, names)
     from secvit.orchestrate.plan import left_out_peers
 
     peers = left_out_peers(root / "params.yaml", profile)  # `peers.<profile>: false`: not run (run_parallel can leave stages out)
@@ -57,16 +141,16 @@ def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None) -
         from secvit.orchestrate.dag import run_parallel, stale_stages
 
         project = root.resolve()
-        plans = stale_stages(project, targets(profile))
+        plans = stale_stages(project, stages)
         plans = [replace(p, upstream=tuple(u for u in p.upstream if u not in peers)) for p in plans if p.name not in peers]
         if not plans:
-            print(f"Data and pipelines are up to date: nothing is stale upstream of {', '.join(targets(profile))}")
+            print(f"Data and pipelines are up to date: nothing is stale upstream of {', '.join(stages)}")
             return root / tables_file(profile)
         jobs = jobs or default_jobs()  # only now: deciding imports torch
         if jobs > 1 or peers:
             run_parallel(project, plans, jobs, project / logs_dir(profile))
             return root / tables_file(profile)
-    result = subprocess.run([dvc_executable(), "repro", *targets(profile)], cwd=root, env=stage_env())
+    result = subprocess.run([dvc_executable(), "repro", *stages], cwd=root, env=stage_env())
     if result.returncode != 0:
         raise SecvitError(f"dvc repro failed (exit {result.returncode}); the failing stage's output is above")
     return root / tables_file(profile)

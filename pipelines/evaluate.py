@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from secvit.pipelines.settings import data_config, load
-from secvit.engine.config import PretrainConfig
+from secvit.pipelines.settings import data_config
+from secvit.engine.config import pretrain_config
 from secvit.errors import SecvitError
 from secvit.runs import BEST, EVAL, results_dir, run_dir
 
@@ -40,7 +40,7 @@ def evaluate_stage(
 
     require_device("evaluate", profile, params, device)
     check_model(model)
-    cfg = load(params, profile, "pretrain", PretrainConfig)
+    cfg = pretrain_config(params, profile, None)
     data_cfg = data_config(params, profile)
     stage = checkpoint is None and data is None  # the evaluate stage: the run's own checkpoint and data
     if checkpoint is None:

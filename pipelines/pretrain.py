@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from secvit.pipelines.settings import data_config, load
+from secvit.pipelines.settings import data_config
+from secvit.engine.config import pretrain_config
 from secvit.pipelines.sweep import ablation_config, parse_clusters, sweep_config
 from secvit.errors import SecvitError
-from secvit.engine.config import PretrainConfig
 from secvit.models.variants import ablation_options
 from secvit.runs import results_dir, run_dir, run_key
 
@@ -34,7 +34,7 @@ def pretrain_stage(
     data = data_config(params, profile)
     parsed = parse_clusters(clusters) if clusters else None
     name = run_key(model, parsed, ablation)  # the model's own clusters: its plain run
-    cfg = load(params, profile, "pretrain", PretrainConfig).for_run(name)
+    cfg = pretrain_config(params, profile, name)
     if run_key(model, parsed) != model:
         options["clusters"] = parsed
     return pretrain(

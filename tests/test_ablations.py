@@ -93,13 +93,16 @@ def test_every_ablation_row_is_an_option_and_a_run(repo_root):
 
 
 def test_every_run_has_a_recipe(repo_root):
-    """Each pretraining run's model (runs, ablations, sweep) has its profile's drop-path rate."""
+    """Each pretraining run (runs, ablations, sweep) has its own settings in its profile, with its model's rate."""
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     for run in params["runs"].values():
-        assert run["model"] in params[run["profile"]]["pretrain"]["drop_path"], run
+        assert run["model"] in params[run["profile"]]["pretrain_runs"], run
     for profile in ("smoke", "paper"):
-        rates = params[profile]["pretrain"]["drop_path"]
-        assert params["ablations"]["model"] in rates and params["sweep"]["model"] in rates
+        own = params[profile]["pretrain_runs"]
+        ablations, sweep = params["ablations"], params["sweep"]
+        keys = [f"{ablations['model']}-{v}" for v in ablations["variants"]] + [f"{sweep['model']}-c{c}" for c in sweep["clusters"]]
+        for key in keys:
+            assert own[key]["drop_path"] == own[key.split("-")[0]]["drop_path"], (profile, key)
 
 
 def _copy_weights(src: torch.nn.Module, dst: torch.nn.Module) -> None:

@@ -5,6 +5,7 @@ its stale-stage planning and commits (test_slurm.py).
 """
 
 import pytest
+import yaml
 from conftest import run, scratch_repo
 
 from secvit.errors import SecvitError
@@ -41,3 +42,81 @@ def test_jobs_must_be_positive(tmp_path, repo_root):
     repo = scratch_repo(repo_root, tmp_path / "repo")
     with pytest.raises(SecvitError, match="--jobs must be at least 1, got 0"):
         repro_local("smoke", repo, jobs=0)
+
+
+def _chain(tmp_path):
+    """A DVC project a -> b -> c; ``a`` is always_changed (it reads src.txt, like a data stage reads an external
+    dataset); each stage appends its name to ran.log."""
+    repo = tmp_path / "chain"
+    repo.mkdir()
+    (repo / "src.txt").write_text("one\n")
+    stages = {
+        "a": {"cmd": "cp src.txt a.txt && echo a >> ran.log", "always_changed": True, "outs": [{"a.txt": {"cache": False}}]},
+        "b": {"cmd": "cp a.txt b.txt && echo b >> ran.log", "deps": ["a.txt"], "outs": [{"b.txt": {"cache": False}}]},
+        "c": {"cmd": "cp b.txt c.txt && echo c >> ran.log", "deps": ["b.txt"], "outs": [{"c.txt": {"cache": False}}]},
+    }
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    for args in (("git", "init", "-q"), ("dvc", "init", "-q"), ("git", "add", "-A"), ("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "chain")):
+        run(repo, *args)
+    return repo
+
+
+def _ran(repo) -> list[str]:
+    log = repo / "ran.log"
+    ran = log.read_text().split() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return ran
+
+
+def test_planning_matches_dvc_after_an_always_changed_stage(tmp_path):
+    """As `dvc repro`: an always_changed stage runs every time; the stages below it run only if its run changed
+    their dependencies (checked once it has run), not because it ran."""
+    repo = _chain(tmp_path)
+    plans = stale_stages(repo, ["c"])
+    assert [(p.name, p.conditional) for p in plans] == [("a", False), ("b", False), ("c", False)]  # never ran
+    run_parallel(repo, plans, 2, tmp_path / "logs")
+    assert _ran(repo) == ["a", "b", "c"]
+
+    plans = stale_stages(repo, ["c"])
+    assert [(p.name, p.conditional) for p in plans] == [("a", False), ("b", True), ("c", True)]
+    run_parallel(repo, plans, 2, tmp_path / "logs")
+    assert _ran(repo) == ["a"]  # a's output came out the same: b and c are up to date
+    assert "up to date" in run(repo, "dvc", "status", "b", "c").stdout
+
+    (repo / "src.txt").write_text("two\n")  # the external data changed
+    run_parallel(repo, stale_stages(repo, ["c"]), 2, tmp_path / "logs")
+    assert _ran(repo) == ["a", "b", "c"] and (repo / "c.txt").read_text() == "two\n"
+    run(repo, "dvc", "repro", "c")  # DVC's own run of the same plan agrees
+    assert _ran(repo) == ["a"]
+
+
+def test_repro_targets_name_tables_runs_and_stages(tmp_path, repo_root):
+    from secvit.orchestrate.repro import resolve_targets
+
+    repo = scratch_repo(repo_root, tmp_path / "repo")
+    table4 = resolve_targets(repo, "smoke", ["table4"])
+    assert table4 == ["detect@smoke-secvit_tiny-mask_rcnn-1x", "detect@smoke-secvit_tiny-retinanet-1x"]  # the 1x schedule
+    assert {p.name for p in stale_stages(repo, table4)} == {
+        "data-smoke@imagenet", "data-smoke@coco", "pretrain@smoke-secvit_tiny", *table4
+    }  # only what table 4 needs
+    assert resolve_targets(repo, "smoke", ["secvit_tiny"]) == ["pretrain@smoke-secvit_tiny", "evaluate@smoke-secvit_tiny"]
+    assert resolve_targets(repo, "smoke", ["secvit_tiny-no_lce", "table7"])[:2] == ["ablate@smoke-no_lce", "complexity@smoke"]
+    assert resolve_targets(repo, "paper", ["secvit_large-upernet"]) == ["segment@paper-secvit_large-upernet"]
+    assert resolve_targets(repo, "smoke", None) == resolve_targets(repo, "smoke", ["all"]) == ["tables@smoke", "figures@smoke"]
+    with pytest.raises(SecvitError, match="unknown target 'secvit_tinny'"):
+        resolve_targets(repo, "smoke", ["secvit_tinny"])
+    with pytest.raises(SecvitError, match="unknown table 'table9'"):
+        resolve_targets(repo, "smoke", ["table9"])
+
+
+def test_repro_runs_only_what_a_target_needs(tmp_path, repo_root):
+    from conftest import one_line_error, secvit, secvit_in_process
+
+    repo = scratch_repo(repo_root, tmp_path / "repo")
+    result = secvit(repo, "repro", "data-smoke@coco", "--jobs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    started = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("started ")]
+    assert started == ["data-smoke@coco"] and "done: data-smoke@coco (smoke)" in " ".join(result.stderr.split())
+    assert not (repo / "results/tables.md").exists()  # not the whole profile: no pointer to its tables
+    message = one_line_error(secvit_in_process(repo, "repro", "tabel4"))
+    assert "unknown target 'tabel4'" in message

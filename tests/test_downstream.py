@@ -296,6 +296,46 @@ def test_detection_resumes_after_a_kill(project):
     assert 20 < metrics["params_m"] < 30  # RetinaNet with SecViT-T on 3 classes: ~22M (24M on COCO's 80)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "task,args,length",
+    [
+        ("segmentation", ["segment", "--head", "semantic_fpn"], 6),  # iteration-based: 6 iterations
+        ("detection", ["detect", "--detector", "retinanet", "--schedule", "1x"], 2),  # epoch-based: 2 epochs of 8
+    ],
+)
+def test_stop_signal_saves_the_iteration_and_resumes_after_it(project, task, args, length):
+    """SLURM's pre-timeout USR2 mid-run: the stage saves iter_<N>.pth after the iteration in flight and exits 75;
+    run again, it trains from iteration N + 1 (inside the epoch, for detection), losing nothing."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["smoke"][task]["schedule"].update(length=length, checkpoint_every=100)  # no periodic checkpoint before the end
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    argv = [args[0], "--profile", "smoke", "--model", "secvit_tiny", *args[1:]]
+    key = "secvit_tiny-" + ("semantic_fpn" if task == "segmentation" else "retinanet-1x")
+    work = project / f"runs/smoke/{task}/{key}"
+    shutil.rmtree(work, ignore_errors=True)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("secvit")), *argv], cwd=project,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not any(_trained_steps(work)) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGUSR2)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, err[-3000:]
+    saved = sorted(work.glob("iter_*.pth"))
+    assert len(saved) == 1 and "stopped on request (SIGUSR2)" in err, (saved, err[-2000:])
+    stopped_at = int(saved[0].stem.split("_")[1])
+    assert _trained_steps(work)[0][-1] == stopped_at  # the iteration in flight was finished and saved
+    result = secvit(project, *argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _trained_steps(work)
+    total = length if task == "segmentation" else 2 * 8
+    assert len(runs) == 2 and runs[1][0] == stopped_at + 1 and runs[1][-1] == total, runs  # resumed right after it
+
+
 def test_bad_inputs_are_one_line_errors(project, tmp_path, repo_root):
     detect = ["detect", "--profile", "smoke", "--model", "secvit_tiny", "--detector", "mask_rcnn", "--schedule", "1x"]
     assert "no detection setting mask_rcnn 2x" in one_line_error(secvit(project, *detect[:-1], "2x"))

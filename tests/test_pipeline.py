@@ -105,7 +105,7 @@ def test_repro_all_trains_the_ablations_and_peers(smoke_repo):
     ablated = complexity[f"secvit_tiny-{ABLATION}"]
     assert ablated["ablation"] == ABLATION and ablated["params"] == 14_885_288  # without the 5x5 LCE convs
     metrics = json.loads((repo / f"results/smoke/pretrain/secvit_tiny-{ABLATION}/metrics.json").read_text())
-    assert metrics["lce"] is False and metrics["epochs"] == 1  # smoke.pretrain.run_epochs
+    assert metrics["lce"] is False and metrics["epochs"] == 1  # smoke.pretrain_runs.<run>.epochs
     cells = _cells(tables, "**w/o LCE**", "## Table 6")
     assert cells[0] == "15 / 14.89 (-0.11)" and cells[1].startswith(f"2.5 / {ablated['gflops_no_attn']:.2f} (")
     assert cells[2].startswith(f"82.4 / {metrics['best_top1']:.2f} (")
@@ -170,5 +170,17 @@ def test_dvc_agrees_and_profiles_are_independent(smoke_repo):
         (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
         changed = run(repo, "dvc", "status", "pretrain@smoke-secvit_tiny").stdout
         assert "smoke.pretrain" in changed
+
+        edited = yaml.safe_load(params)  # one run's own value: that run's stage alone
+        edited["smoke"]["pretrain_runs"][PEER]["drop_path"] = 0.05
+        (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        status = run(repo, "dvc", "status").stdout
+        changed = {line.rstrip(":") for line in status.splitlines() if "@smoke" in line and not line[0].isspace()}
+        assert changed == {f"pretrain@smoke-{PEER}"}, status
+
+        edited = yaml.safe_load(params)  # speed and memory options: nothing
+        edited["smoke"]["pretrain_speed"].update(batch_per_device=8, channels_last=False, compile=True, grad_checkpointing=True, workers=2)
+        (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        assert "up to date" in run(repo, "dvc", "status", "tables@smoke", "figures@smoke").stdout
     finally:
         (repo / "params.yaml").write_text(params)

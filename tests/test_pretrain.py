@@ -24,9 +24,17 @@ def params(repo_root):
     return load_params(repo_root / "params.yaml")
 
 
+def recipe(params, profile: str, run: str, **changes) -> PretrainConfig:
+    """Run ``run``'s recipe from the profile's three sections (shared, speed, the run's own), ``changes`` on the shared one."""
+    from secvit.engine.config import recipe_of_run
+
+    p = params[profile]
+    return recipe_of_run({**p["pretrain"], **changes}, p["pretrain_speed"], p["pretrain_runs"][run], profile)
+
+
 def test_paper_profile_is_appendix_b(params):
     """Paper appendix B / the notes' recipe, value for value."""
-    cfg = from_section(PretrainConfig, params["paper"]["pretrain"], "paper.pretrain")
+    cfg = recipe(params, "paper", "secvit_tiny")
     assert cfg.epochs == 300 and cfg.img_size == 224
     assert cfg.opt == "adamw" and cfg.sched == "cosine" and cfg.warmup_epochs == 5
     assert cfg.lr_base == 5e-4 and cfg.lr_base_batch == 512
@@ -38,10 +46,13 @@ def test_paper_profile_is_appendix_b(params):
     assert cfg.reprob == 0.25 and cfg.mixup_alpha == 0.8 and cfg.cutmix_alpha == 1.0 and cfg.smoothing == 0.1
     assert cfg.repeated_aug and cfg.ema and cfg.sync_bn and cfg.amp_dtype == "bfloat16"
     assert cfg.ema_decay_per_step == pytest.approx(0.99996**4)
-    secvit = {k: v for k, v in cfg.drop_path.items() if k.startswith("secvit_")}
+    runs = params["paper"]["pretrain_runs"]
+    secvit = {k: r["drop_path"] for k, r in runs.items() if k.startswith("secvit_") and "-" not in k}
     assert secvit == {"secvit_tiny": 0.1, "secvit_small": 0.15, "secvit_base": 0.4, "secvit_large": 0.5}
-    assert cfg.drop_path["sec_swin_tiny"] == 0.2 and cfg.drop_path["pacavit_base"] == 0.5  # the peers' own rates
-    assert cfg.run_epochs == {} and cfg.for_run("stvit_small").epochs == 300  # every paper run trains 300 epochs
+    assert runs["sec_swin_tiny"]["drop_path"] == 0.2 and runs["pacavit_base"]["drop_path"] == 0.5  # the peers' own rates
+    assert all(recipe(params, "paper", run).epochs == 300 for run in runs)  # every paper run trains 300 epochs
+    for run in runs:  # the table-6 and table-7 runs: their model's rate
+        assert runs[run]["drop_path"] == runs[run.split("-")[0]]["drop_path"], run
     assert cfg.eval_crop_pct == 0.875 and round(cfg.img_size / cfg.eval_crop_pct) == 256
     assert cfg.train_crop_scale == [0.08, 1.0]
     assert "1024" in (Path(__file__).parents[1] / "params.yaml").read_text()  # the divergence is explained there
@@ -50,48 +61,67 @@ def test_paper_profile_is_appendix_b(params):
 def test_smoke_profile_inherits_the_recipe(params):
     smoke, paper = params["smoke"]["pretrain"], params["paper"]["pretrain"]
     assert smoke["opt"] == paper["opt"] and smoke["sched"] == paper["sched"] and smoke["weight_decay"] == paper["weight_decay"]
-    cfg = from_section(PretrainConfig, smoke, "smoke.pretrain")
+    assert params["smoke"]["pretrain_speed"]["fused_optimizer"] == params["paper"]["pretrain_speed"]["fused_optimizer"]
+    cfg = recipe(params, "smoke", "secvit_tiny")
     assert cfg.accumulation(1) == 2
     # the runs that check a family or an ablation end to end are shorter, nothing else differs
-    short = cfg.for_run("secvit_tiny-no_lce")
-    assert (short.epochs, cfg.epochs, cfg.for_run("secvit_tiny").epochs) == (1, 2, 2)
+    short = recipe(params, "smoke", "secvit_tiny-no_lce")
+    assert (short.epochs, cfg.epochs) == (1, 2)
     assert {**short.to_dict(), "epochs": cfg.epochs} == cfg.to_dict()
+    assert set(params["smoke"]["pretrain_runs"]) >= {r["model"] for r in params["runs"].values() if r["profile"] == "smoke"}
 
 
 def test_a_checkpoint_of_another_recipe_is_not_resumed(params):
     """A persisted last.pth of other settings (another DVC experiment) must not be continued."""
     from secvit.engine.train import changed_settings
 
-    cfg = from_section(PretrainConfig, params["smoke"]["pretrain"], "smoke.pretrain")
+    cfg = recipe(params, "smoke", "secvit_tiny")
     saved = cfg.to_dict()
     assert changed_settings(saved, cfg) == []
     assert changed_settings({**saved, "workers": 8, "checkpoint_every_steps": 1}, cfg) == []  # compute the same
+    speed = {"batch_per_device": 8, "fused_optimizer": False, "channels_last": False, "compile": True, "grad_checkpointing": True}
+    assert changed_settings({**saved, **speed}, cfg) == []  # the speed options: same results, resumed
+    assert changed_settings({**saved, "drop_path": 0.1}, cfg) == ["drop_path"]
     assert changed_settings({**saved, "lr_base": 1.0, "epochs": 3}, cfg) == ["epochs", "lr_base"]
 
 
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"lr_bsae": 1.0}, r"unknown setting 'x\.lr_bsae'; valid settings: epochs"),
-        ({"epochs": "many"}, r"setting 'x\.epochs' must be int, got 'many'"),
-        ({"epochs": 0}, r"setting 'x\.epochs' must be positive"),
+        ({"lr_bsae": 1.0}, r"unknown setting 'paper\.pretrain\.lr_bsae'; valid settings: epochs"),
+        ({"epochs": "many"}, r"setting 'paper\.pretrain\.epochs' must be int, got 'many'"),
+        ({"epochs": 0}, r"setting 'paper\.pretrain\.epochs' must be positive"),
         ({"warmup_epochs": 400}, r"warmup_epochs < epochs"),
         ({"img_size": 16}, r"img_size' must be at least 32"),
-        ({"run_epochs": {"stvit_small": 5}}, r"'x\.run_epochs\.stvit_small' must be more than warmup_epochs \(5\), got 5"),
+        ({"drop_path": 0.1}, r"setting 'paper\.pretrain\.drop_path' belongs in paper\.pretrain_runs\.<run>"),
+        ({"workers": 4}, r"setting 'paper\.pretrain\.workers' belongs in paper\.pretrain_speed"),
     ],
 )
 def test_bad_recipe_settings(params, change, message):
     with pytest.raises(SecvitError, match=message) as err:
-        from_section(PretrainConfig, {**params["paper"]["pretrain"], **change}, "x")
+        recipe(params, "paper", "secvit_tiny", **change)
     assert "\n" not in str(err.value)
+
+
+def test_a_run_brings_its_own_settings(params):
+    from secvit.engine.config import recipe_of_run
+
+    p = params["paper"]
+    with pytest.raises(SecvitError, match=r"unknown setting 'paper\.pretrain_runs\.<run>\.lr_base'"):
+        recipe_of_run(p["pretrain"], p["pretrain_speed"], {"drop_path": 0.1, "lr_base": 1.0}, "paper")
+    with pytest.raises(SecvitError, match=r"missing setting 'paper\.pretrain_runs\.<run>\.drop_path'"):
+        recipe_of_run(p["pretrain"], p["pretrain_speed"], {"epochs": 10}, "paper")
+    with pytest.raises(SecvitError, match=r"unknown setting 'paper\.pretrain_speed\.lr'"):
+        recipe_of_run(p["pretrain"], {**p["pretrain_speed"], "lr": 1}, {"drop_path": 0.1}, "paper")
+    assert recipe_of_run(p["pretrain"], p["pretrain_speed"], {"drop_path": 0.3, "epochs": 30}, "paper").epochs == 30
 
 
 def test_missing_setting_and_accumulation(params):
     data = dict(params["paper"]["pretrain"])
     data.pop("seed")
     with pytest.raises(SecvitError, match="missing setting 'x.seed'"):
-        from_section(PretrainConfig, data, "x")
-    cfg = from_section(PretrainConfig, params["paper"]["pretrain"], "x")
+        from_section(PretrainConfig, {**data, **params["paper"]["pretrain_speed"], "drop_path": 0.1}, "x")
+    cfg = recipe(params, "paper", "secvit_tiny")
     assert cfg.accumulation(8) == 2 and cfg.accumulation(16) == 1
 
 

@@ -151,8 +151,22 @@ def pretrain_requeued_mid_epoch(repo: Path, checkpoint_s: float, finish_s: float
     return job, log, fields
 
 
-def test_requeued_job_resumes_to_identical_result(scratch):
-    params = {"smoke.data.generate.imagenet.train_per_class": 48, "smoke.pretrain.checkpoint_every_steps": 3}
+def _positions(log: str, what: str) -> list[str]:
+    """The "epoch E, batch B" of each line of the stage log that says ``what`` (rich wraps long lines)."""
+    flat = " ".join(log.split())
+    return re.findall(rf"{what}.*?(epoch \d+, batch \d+)", flat)
+
+
+def test_time_limit_signal_checkpoints_requeues_and_resumes_to_identical_weights(scratch):
+    """SLURM's pre-timeout USR2, five times (each a time-out for submitit: the limit is short): each time the
+    run saves a checkpoint after the step in flight, the job is requeued and resumes from that checkpoint;
+    it ends with the weights of an uninterrupted run. Mid-epoch checkpoints come from the signal only."""
+    run_key = "pretrain@smoke-secvit_tiny"
+    params = {
+        "smoke.data.generate.imagenet.train_per_class": 64,  # 8 steps per epoch, 16 in all
+        "smoke.pretrain_speed.checkpoint_every_steps": 0,  # no periodic mid-epoch checkpoint
+        "slurm.runs": {run_key: {"timeout_min": 5, "signal_delay_s": 30}},  # this run only
+    }
     ref, req = scratch("reference", params), scratch("requeued", params)
     run(ref, "secvit", "data", "--profile", "smoke", "--dataset", "imagenet")
     shutil.copytree(ref / "data", req / "data")
@@ -161,12 +175,34 @@ def test_requeued_job_resumes_to_identical_result(scratch):
     from secvit.orchestrate.slurm import job_state, load_slurm_config, log_tail, stage_argv, submit
 
     argv = stage_argv("pretrain", {"profile": "smoke", "model": "secvit_tiny"})
-    reference = submit(argv, ref, load_slurm_config(ref / "params.yaml"), "reference", "pretrain", ref / "runs/slurm/smoke/%j")
-    _, log, _ = pretrain_requeued_mid_epoch(req, checkpoint_s=150, finish_s=240)
-    assert re.search(r"epoch \d+, batch\s+\d+", log.split("resuming secvit_tiny", 1)[1])
-
-    wait_for(lambda: job_state(reference.job_id) not in {"PENDING", "RUNNING"}, 180, "the reference job", step=1)
+    cfg = load_slurm_config(req / "params.yaml")
+    reference = submit(argv, ref, cfg, "reference", "pretrain", ref / "runs/slurm/smoke/%j", profile="smoke", stage=run_key)
+    job = submit(argv, req, cfg, "requeued", "pretrain", req / "runs/slurm/smoke/%j", profile="smoke", stage=run_key)
+    script = Path(job.paths.submission_file).read_text()
+    assert "#SBATCH --time=5" in script and "#SBATCH --signal=USR2@30" in script  # the per-run settings
+    err = Path(job.paths.stderr)
+    signals = 0
+    try:
+        while signals < 5:  # the first run and four requeued ones, each stopped once it trains
+            wait_for(lambda: err.exists() and len(_positions(err.read_text(), "training secvit_tiny from")) > signals or job_state(job.job_id) == "COMPLETED", 150, f"run {signals + 1} to train", step=0.5)
+            if job_state(job.job_id) == "COMPLETED":
+                break
+            run(req, "scancel", "--signal=USR2", job.job_id)
+            signals += 1
+            wait_for(lambda: len(_positions(err.read_text(), "saved")) >= signals or job_state(job.job_id) == "COMPLETED", 60, "the checkpoint on the signal", step=0.5)
+        wait_for(lambda: job_state(job.job_id) == "COMPLETED", 240, "the requeued job to complete", step=1)
+        wait_for(lambda: job_state(reference.job_id) not in {"PENDING", "RUNNING"}, 120, "the reference job", step=1)
+    finally:
+        subprocess.run(["scancel", job.job_id, reference.job_id], capture_output=True)
     assert job_state(reference.job_id) == "COMPLETED", log_tail(reference)
+    log = err.read_text()
+    saved, resumed = _positions(log, "saved"), _positions(log, "resuming secvit_tiny from")
+    assert int(job_fields(job.job_id)["Restarts"]) >= 5 and len(saved) >= 5, log[-3000:]
+    assert resumed == saved  # each requeued run resumed from the checkpoint written on the signal
+    assert any(not p.endswith("batch 0") for p in saved)  # mid-epoch: only the signal writes those here
+    out = Path(job.paths.stdout).read_text()
+    assert out.count("Calling checkpoint method") >= 5 and "timed-out too many times" not in out
+
     a, b = metrics(ref), metrics(req)
     for key in ("epochs", "best_top1", "best_epoch", "final_top1", "final_top1_ema", "train_loss"):
         assert a[key] == b[key], key
@@ -174,26 +210,6 @@ def test_requeued_job_resumes_to_identical_result(scratch):
     best_b = torch.load(req / "runs/smoke/pretrain/secvit_tiny/best.pth", map_location="cpu", weights_only=True)
     assert best_a["model"].keys() == best_b["model"].keys() and best_a["weights"] == best_b["weights"]
     assert all(torch.equal(best_a["model"][k], best_b["model"][k]) for k in best_a["model"])
-
-
-def test_usr2_before_time_limit_checkpoints_and_requeues(tmp_path):
-    """The time-limit path: USR2 reaches submitit (not the stage), which calls StageJob.checkpoint,
-    requeues the job, and the requeued job runs the stage command again."""
-    from secvit.orchestrate.slurm import cancel, job_state, load_slurm_config, log_tail, submit
-
-    stage = "import pathlib, time; p = pathlib.Path('starts'); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); time.sleep(10)"
-    job = submit([sys.executable, "-c", stage], tmp_path, load_slurm_config(ROOT / "params.yaml"), "usr2", "data", tmp_path / "jobs/%j")
-    try:
-        wait_for(lambda: (tmp_path / "starts").exists(), 60, "the stage to start")
-        run(tmp_path, "scancel", "--signal=USR2", job.job_id)
-        wait_for(lambda: job_state(job.job_id) not in {"PENDING", "RUNNING", "REQUEUED"}, 150, "the requeued job", step=1)
-    finally:
-        cancel([job.job_id])  # no-op once it completed
-    assert job_state(job.job_id) == "COMPLETED", log_tail(job)
-    assert (tmp_path / "starts").read_text() == "xx"  # the stage ran again after the requeue
-    assert int(job_fields(job.job_id)["Restarts"]) == 1
-    log = Path(job.paths.stdout).read_text()
-    assert "Calling checkpoint method" in log and "Job completed successfully" in log
 
 
 # ---- c) the DAG: parallel jobs, dependencies, DVC commits, re-attach
@@ -266,6 +282,118 @@ def test_dag_runs_stale_stages_in_parallel_and_commits_them(scratch):
     assert [p.name for p in stale_stages(repo, DAG_TARGETS)] == ["data-smoke@imagenet", "pretrain@smoke-secvit_tiny", "evaluate@smoke-secvit_tiny"]
 
 
+def _shim(folder: Path, log: Path) -> dict[str, str]:
+    """An environment whose SLURM commands are logged to ``log`` (one line per call) and then run."""
+    folder.mkdir()
+    for name in ("squeue", "scontrol", "sacct", "sbatch", "scancel"):
+        real = shutil.which(name)
+        if real:
+            (folder / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\nexec {real} "$@"\n')
+            (folder / name).chmod(0o755)
+    env = tool_env()
+    return {**env, "PATH": f"{folder}:{env['PATH']}"}
+
+
+def _orchestrator(repo: Path, targets: list[str], env: dict[str, str] | None = None, profile: str = "paper") -> subprocess.Popen:
+    script = f"from pathlib import Path; from secvit.orchestrate.slurm_dag import repro_slurm; repro_slurm({profile!r}, Path('.'), {targets!r})"
+    return subprocess.Popen([sys.executable, "-c", script], cwd=repo, env=env or tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_rerun_reattaches_to_a_running_job_and_an_unchanged_always_changed_stage_reruns_nothing(scratch, tmp_path):
+    """While pretraining runs, `secvit repro` again re-attaches to its job (same id, no cancel, nothing submitted
+    twice), with one squeue per poll; the always_changed data stage runs again and, its output unchanged,
+    lets nothing downstream run. A per-run SLURM setting reaches that run's job only."""
+    targets = ["evaluate@paper-secvit_tiny"]
+    pretrain, evaluate, data = "pretrain@paper-secvit_tiny", "evaluate@paper-secvit_tiny", "data-paper@imagenet"
+    smoke = yaml.safe_load((ROOT / "params.yaml").read_text())["smoke"]
+    repo = scratch(params={  # the paper profile's DAG (its data stages are always_changed) at smoke sizes
+        "paper.data.imagenet": "data/smoke/imagenet",
+        "paper.data.expected.imagenet": {"classes": 4, "train": 256, "val": 32},
+        "paper.pretrain": {**smoke["pretrain"], "epochs": 2},
+        "paper.pretrain_speed": smoke["pretrain_speed"],
+        "paper.pretrain_runs.secvit_tiny": {"drop_path": 0.0},
+        "slurm.poll_s": 1.0,
+        "slurm.runs": {pretrain: {"timeout_min": 7}},
+    })
+    make_imagenet(repo / "data/smoke/imagenet", num_classes=4, train_per_class=64, val_per_class=8, size=48, seed=0)
+    jobs_file = repo / "runs/slurm/paper/jobs.json"
+
+    def recorded() -> dict[str, dict[str, Any]]:
+        return json.loads(jobs_file.read_text())["stages"] if jobs_file.exists() else {}
+
+    def pretraining() -> bool:
+        rec = recorded()
+        return rec.get(data, {}).get("committed") and pretrain in rec and job_fields(rec[pretrain]["job_id"]).get("JobState") == "RUNNING"
+
+    first = _orchestrator(repo, targets)
+    try:
+        wait_for(pretraining, 150, "the data stage committed and the pretraining job running", step=0.5)
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert first.returncode != 0 and "re-attach" in out, out[-2000:]
+    before = {n: r["job_id"] for n, r in recorded().items()}
+
+    calls = tmp_path / "slurm_calls.log"
+    began = time.monotonic()
+    second = _orchestrator(repo, targets, _shim(tmp_path / "shim", calls))
+    try:
+        out, _ = second.communicate(timeout=300)
+    finally:
+        second.kill()
+    seconds = time.monotonic() - began
+    assert second.returncode == 0, out[-3000:]
+    after = {n: r["job_id"] for n, r in recorded().items()}
+    assert "2 job(s) re-attached, 1 submitted: data-paper@imagenet" in " ".join(out.split()), out[-3000:]
+    assert (after[pretrain], after[evaluate]) == (before[pretrain], before[evaluate]) and after[data] != before[data]
+    assert "cancelling" not in out
+    fields = job_fields(after[pretrain])
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "0"  # never cancelled nor requeued
+    assert job_ids(repo, "paper") == sorted({*before.values(), after[data]}, key=int)  # nothing submitted twice
+    assert all(r["committed"] for r in recorded().values())
+
+    # the watcher: one squeue per poll for all its jobs, never a query per job
+    lines = calls.read_text().splitlines()
+    polls = [c for c in lines if c.startswith("squeue")]
+    assert not [c for c in lines if c.startswith(("scontrol show", "sacct"))], lines
+    assert 0 < len(polls) <= seconds / 1.0 + 3, (len(polls), seconds)
+    assert any(",".join(sorted(after.values(), key=int)) in c for c in polls), polls[:3]  # all three jobs in one query
+
+    # the per-run setting reached that run's job only
+    times = {n: re.search(r"#SBATCH --time=(\d+)", next((repo / "runs/slurm/paper" / j).glob("*_submission.sh")).read_text()).group(1) for n, j in after.items()}
+    assert times == {pretrain: "7", evaluate: "60", data: "60"}
+
+    # again: the data stage runs (always_changed), its manifest comes out the same, nothing downstream runs
+    third = _orchestrator(repo, targets)
+    out, _ = third.communicate(timeout=300)
+    assert third.returncode == 0, out[-3000:]
+    flat = " ".join(out.split())
+    assert "0 job(s) re-attached, 1 submitted: data-paper@imagenet" in flat, out[-3000:]
+    assert f"up to date: {pretrain}" in flat and f"up to date: {evaluate}" in flat
+    assert {n: r["job_id"] for n, r in recorded().items() if n != data} == {pretrain: after[pretrain], evaluate: after[evaluate]}
+    assert set(dvc_status(repo, targets)) == {data}  # always changed, nothing else
+
+    # one run's recipe value: only that run's stage; a speed option: nothing, and the finished run is not trained again
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    edited = json.loads(json.dumps(params))
+    edited["paper"]["pretrain_runs"]["secvit_tiny"]["drop_path"] = 0.05
+    (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    status = json.loads(run(repo, "dvc", "status", "--json", pretrain, evaluate).stdout)
+    assert list(status) == [pretrain] and "paper.pretrain_runs.secvit_tiny" in json.dumps(status), status
+    edited = json.loads(json.dumps(params))
+    edited["paper"]["pretrain_speed"].update(channels_last=False, batch_per_device=8, workers=1, checkpoint_every_steps=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    assert set(dvc_status(repo, targets)) == {data}
+    found = json.loads((repo / "results/paper/pretrain/secvit_tiny/metrics.json").read_text())
+    again = run(repo, "secvit", "pretrain", "--profile", "paper", "--model", "secvit_tiny")
+    assert "starting over" not in again.stderr and "training secvit_tiny from epoch 3, batch 0" in " ".join(again.stderr.split())
+    now = json.loads((repo / "results/paper/pretrain/secvit_tiny/metrics.json").read_text())
+    assert {k: now[k] for k in ("epochs", "best_top1", "final_top1", "final_top1_ema", "train_loss")} == {
+        k: found[k] for k in ("epochs", "best_top1", "final_top1", "final_top1_ema", "train_loss")
+    }
+
+
 # ---- d) failures
 
 
@@ -312,17 +440,49 @@ def test_slurm_settings_and_executor(tmp_path):
         path.write_text(yaml.safe_dump({**params, "slurm": {**params["slurm"], **changes}}))
         return load_slurm_config(path)
 
-    cfg = load(stages={"pretrain": {"gpus_per_node": 8, "timeout_min": 4320}, "data": {"mem_gb": 1}})
+    cfg = load(stages={"pretrain": {"gpus_per_node": 8, "timeout_min": 4320}, "data": {"mem_gb": 1}}, partition="debug")
     executor = make_executor(cfg, "pretrain@paper-secvit_tiny", "pretrain", tmp_path / "%j", dependencies=["7", "9"])
     p = executor._executor.parameters
     assert (p["gpus_per_node"], p["ntasks_per_node"], p["time"], p["partition"]) == (8, 8, 4320, "debug")
     assert p["srun_args"] == [f"--cpus-per-task={cfg.cpus_per_task}"] and p["signal_delay_s"] == cfg.signal_delay_s
     assert p["additional_parameters"]["dependency"] == "afterok:7:9"
+    assert executor._executor.max_num_timeout == cfg.max_requeues == 50  # requeued after 50 time limits, not 3
     data = make_executor(cfg, "data-smoke@coco", stage_kind("data-smoke@coco"), tmp_path / "%j")._executor.parameters
     assert data["mem"] == "1GB" and data["ntasks_per_node"] == 1 and "gpus_per_node" not in data
     cpu_ddp = make_executor(load(stages={"pretrain": {"tasks_per_node": 2}}), "p", "pretrain", tmp_path / "%j")._executor.parameters
     assert cpu_ddp["ntasks_per_node"] == 2 and "gpus_per_node" not in cpu_ddp  # several tasks on a CPU-only node
     assert [stage_kind(s) for s in ("sweep@smoke-64-8-2-1", "evaluate@paper-secvit_base", "tables@smoke")] == ["pretrain", "evaluate", "tables"]
+    shipped = make_executor(load_slurm_config(ROOT / "params.yaml"), "tables@smoke", "tables", tmp_path / "%j")._executor.parameters
+    assert "partition" not in shipped and "mem" not in shipped  # the cluster's defaults, not a test partition
+
+    # per profile, stage kind and run, most specific last
+    cfg = load(
+        stages={"pretrain": {"gpus_per_node": 4}},
+        runs={"pretrain@smoke-secvit_tiny": {"timeout_min": 7}},
+        profiles={"paper": {"gpus_per_node": 8, "cpus_per_task": 12, "stages": {"data": {"gpus_per_node": 0}}, "runs": {"secvit_large": {"nodes": 2}}}},
+    )
+    settings = {
+        stage: (r.nodes, r.gpus_per_node, r.cpus_per_task, r.timeout_min)
+        for stage, kind, profile in [
+            ("pretrain@paper-secvit_large", "pretrain", "paper"),
+            ("evaluate@paper-secvit_large", "evaluate", "paper"),
+            ("pretrain@paper-secvit_base", "pretrain", "paper"),
+            ("data-paper@coco", "data", "paper"),
+            ("detect@paper-secvit_large-mask_rcnn-1x", "detect", "paper"),
+            ("pretrain@smoke-secvit_tiny", "pretrain", "smoke"),
+            ("pretrain@smoke-sec_swin_tiny", "pretrain", "smoke"),
+        ]
+        for r in [cfg.for_stage(kind, profile, stage)]
+    }
+    assert settings == {
+        "pretrain@paper-secvit_large": (2, 8, 12, 60),
+        "evaluate@paper-secvit_large": (2, 8, 12, 60),
+        "pretrain@paper-secvit_base": (1, 8, 12, 60),
+        "data-paper@coco": (1, 0, 12, 60),
+        "detect@paper-secvit_large-mask_rcnn-1x": (1, 8, 12, 60),
+        "pretrain@smoke-secvit_tiny": (1, 4, 1, 7),
+        "pretrain@smoke-sec_swin_tiny": (1, 4, 1, 60),
+    }
 
     for changes, message in [
         ({"gpus": 1}, "unknown setting 'slurm.gpus'"),
@@ -331,6 +491,10 @@ def test_slurm_settings_and_executor(tmp_path):
         ({"stages": {"pretrain": {"gpu_per_node": 8}}}, "unknown setting 'slurm.stages.pretrain.gpu_per_node'"),
         ({"cpus_per_task": 0}, "setting 'slurm.cpus_per_task' must be at least 1"),
         ({"tasks_per_node": 0}, "setting 'slurm.tasks_per_node' must be at least 1 or null"),
+        ({"profiles": {"papr": {}}}, "unknown profile 'slurm.profiles.papr'"),
+        ({"profiles": {"paper": {"poll_s": 5}}}, "'slurm.profiles.paper.poll_s' can only be set for all jobs"),
+        ({"runs": {"secvit_large": {"node": 2}}}, "unknown setting 'slurm.runs.secvit_large.node'"),
+        ({"profiles": {"paper": {"runs": {"secvit_large": {"nodes": "two"}}}}}, "setting 'slurm.profiles.paper.runs.secvit_large.nodes' must be int"),
     ]:
         with pytest.raises(SecvitError, match=re.escape(message)):
             load(**changes)
@@ -363,7 +527,7 @@ def test_dvc_repro_runs_gpu_stages_as_jobs_with_executor_variable(scratch):
 def test_two_task_job_trains_ddp_with_the_global_batch_and_resumes_after_requeue(scratch):
     if node_cpus() < 2:
         pytest.skip("the node has fewer than 2 CPUs for 2 tasks")
-    params = {"smoke.pretrain.epochs": 1, "smoke.pretrain.checkpoint_every_steps": 2, "slurm.stages": {"pretrain": {"tasks_per_node": 2}}}
+    params = {"smoke.pretrain.epochs": 1, "smoke.pretrain_speed.checkpoint_every_steps": 2, "slurm.stages": {"pretrain": {"tasks_per_node": 2}}}
     repo = scratch(params=params)
     make_imagenet(repo / "data/smoke/imagenet", num_classes=4, train_per_class=48, val_per_class=8, size=48, seed=0)  # 6 steps of 2 x 16
     job, _, fields = pretrain_requeued_mid_epoch(repo, checkpoint_s=240, finish_s=300)

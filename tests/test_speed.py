@@ -23,13 +23,14 @@ from secvit.engine.train import apply_speed_options, build_optimizer
 from secvit.models import create
 from secvit.models.seca import seca_fast
 from secvit.models.secvit import SecStage
-from secvit.params import from_section, load_params
+from secvit.params import load_params
 
 
 @pytest.fixture(scope="module")
 def cfg(repo_root) -> PretrainConfig:
-    params = load_params(repo_root / "params.yaml")
-    return from_section(PretrainConfig, params["smoke"]["pretrain"], "smoke.pretrain")
+    from secvit.engine.config import pretrain_config
+
+    return pretrain_config(repo_root / "params.yaml", "smoke", "secvit_tiny")
 
 
 def _tiny(seed=0):
@@ -44,9 +45,11 @@ def _grads(model, x, targets):
 
 
 def test_speed_options_are_in_the_paper_recipe(repo_root):
-    params = load_params(repo_root / "params.yaml")
-    paper = from_section(PretrainConfig, params["paper"]["pretrain"], "paper.pretrain")
+    from secvit.engine.config import pretrain_config
+
+    paper = pretrain_config(repo_root / "params.yaml", "paper", "secvit_tiny")
     assert paper.fused_optimizer and paper.channels_last and not paper.compile and not paper.grad_checkpointing
+    assert set(load_params(repo_root / "params.yaml")["paper"]["pretrain_speed"]) >= {"fused_optimizer", "channels_last", "compile", "grad_checkpointing"}
 
 
 def test_channels_last_and_grad_checkpointing_keep_outputs_and_gradients(cfg):

@@ -9,11 +9,14 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
-from mmengine.registry import HOOKS, MODEL_WRAPPERS
+from mmengine.registry import HOOKS, LOOPS, MODEL_WRAPPERS
+from mmengine.runner import EpochBasedTrainLoop
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-__all__ = ["CpuDistributedDataParallel", "RichProgressHook", "SafeResumeHook", "resume_globals"]
+from secvit.engine.distributed import Stopped, listen_for_stop, stop_requested
+
+__all__ = ["CpuDistributedDataParallel", "ResumableEpochBasedTrainLoop", "RichProgressHook", "SafeResumeHook", "StopOnSignalHook", "resume_globals"]
 
 
 def resume_globals() -> list:
@@ -121,3 +124,48 @@ class CpuDistributedDataParallel(MMDistributedDataParallel):
 
     def __init__(self, module, device_ids=None, **kwargs) -> None:
         super().__init__(module=revert_sync_batchnorm(module), device_ids=None, **kwargs)
+
+
+@HOOKS.register_module()
+class StopOnSignalHook(Hook):
+    """SLURM's pre-timeout signal (``SIGUSR2``, :func:`secvit.engine.distributed.stop_requested`): after the iteration in flight,
+    save ``iter_<N>.pth`` in the work directory (weights, optimizer, schedulers, the position) and exit
+    with :data:`~secvit.engine.distributed.STOP_EXIT_CODE`; the requeued job resumes from it (the latest checkpoint),
+    so a requeue loses at most one iteration. Epoch-based runs resume inside the epoch through
+    :class:`ResumableEpochBasedTrainLoop`."""
+
+    priority = "LOWEST"  # after the schedulers stepped and the other hooks saw the iteration
+
+    def before_train(self, runner) -> None:
+        listen_for_stop()
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        device = next(runner.model.parameters()).device
+        if not stop_requested(device):  # every rank asks after every iteration: they stop together
+            return
+        name = f"iter_{runner.iter + 1}.pth"
+        # by_epoch=False: the position is (the epoch in progress, the iterations done)
+        runner.save_checkpoint(runner.work_dir, name, by_epoch=False)
+        message = f"epoch {runner.epoch + 1}, iteration {runner.iter + 1}"
+        if runner.rank == 0:
+            Console(stderr=True).log(f"stopped on request (SIGUSR2): saved {runner.work_dir}/{name} at {message}; run again to resume")
+        raise Stopped(message)
+
+
+@LOOPS.register_module()
+class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
+    """mmengine's epoch loop, resumable inside an epoch: a checkpoint written mid-epoch
+    (:class:`StopOnSignalHook`) holds the iterations done, so the resumed epoch passes over the
+    batches already trained (loading them, as an uninterrupted run would, without training on them)."""
+
+    def run_epoch(self) -> None:
+        done = self._iter - self._epoch * len(self.dataloader)  # iterations of this epoch already trained
+        if done <= 0:
+            return super().run_epoch()
+        self.runner.call_hook("before_train_epoch")
+        self.runner.model.train()
+        for idx, data_batch in enumerate(self.dataloader):
+            if idx >= done:
+                self.run_iter(idx, data_batch)
+        self.runner.call_hook("after_train_epoch")
+        self._epoch += 1

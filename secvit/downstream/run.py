@@ -185,7 +185,11 @@ def prepare_config(
             cfg.model_wrapper_cfg = dict(
                 type="CpuDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=cfg.get("find_unused_parameters", False)
             )
-    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="SafeResumeHook"), dict(type="RichProgressHook")]
+    if cfg["train_cfg"].get("type", "EpochBasedTrainLoop") == "EpochBasedTrainLoop":
+        cfg["train_cfg"]["type"] = "ResumableEpochBasedTrainLoop"  # resumes inside an epoch (secvit.downstream.hooks)
+    cfg.custom_hooks = [
+        *cfg.get("custom_hooks", []), dict(type="SafeResumeHook"), dict(type="RichProgressHook"), dict(type="StopOnSignalHook")
+    ]
     return cfg
 
 
@@ -199,8 +203,12 @@ def latest_checkpoint(work_dir: str | Path) -> str | None:
     for path in Path(work_dir).glob("*.pth"):
         kind, _, number = path.stem.partition("_")
         if kind in ("epoch", "iter") and number.isdigit():
-            found.append((int(number), str(path)))
-    return max(found)[1] if found else None
+            found.append((kind, int(number), str(path)))
+    if len({kind for kind, _, _ in found}) > 1:  # an epoch-based run stopped mid-epoch: compare iterations done
+        from secvit.downstream.hooks import load_own_checkpoint
+
+        found = [("iter", load_own_checkpoint(path, mmap=True)["meta"]["iter"], path) for _, _, path in found]
+    return max(found)[2] if found else None
 
 
 def finish_checkpoints(work_dir: str | Path) -> None:

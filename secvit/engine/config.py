@@ -1,10 +1,29 @@
-"""The ImageNet training recipe as named settings (``<profile>.pretrain`` in params.yaml)."""
+"""The ImageNet training recipe as named settings.
+
+params.yaml keeps a run's settings in three places, so that DVC tracks exactly what changes results:
+
+- ``<profile>.pretrain``: the recipe every run of the profile shares (tracked by every pretraining stage);
+- ``<profile>.pretrain_runs.<run>``: the settings of one run (:data:`RUN_SETTINGS`; tracked by that run's
+  stage only, so changing one model's drop-path rate re-plans that model's run alone);
+- ``<profile>.pretrain_speed``: options that change speed or memory, not results (:data:`SPEED_SETTINGS`;
+  tracked by no stage, and a checkpoint written with other values resumes).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 from secvit.errors import SecvitError
+
+#: Settings of one run (``<profile>.pretrain_runs.<run>``): its drop-path rate, and (optionally) its
+#: number of epochs in place of the shared recipe's.
+RUN_SETTINGS = ("drop_path", "epochs")
+#: Speed and memory options (``<profile>.pretrain_speed``): same results, so untracked and resumable.
+#: ``batch_per_device`` changes the gradient accumulation that keeps the global batch, as the number
+#: of GPUs does (the random draws per micro-batch then differ: same recipe, not the same bits).
+SPEED_SETTINGS = ("batch_per_device", "fused_optimizer", "channels_last", "compile", "grad_checkpointing", "workers", "checkpoint_every_steps")
 
 
 @dataclass
@@ -47,7 +66,7 @@ class PretrainConfig:
     ema: bool
     ema_decay: float  # per step at ema_decay_batch; scaled as ema_decay ** (batch_size / ema_decay_batch)
     ema_decay_batch: int
-    drop_path: dict[str, float]  # per model
+    drop_path: float  # the run's stochastic depth rate (pretrain_runs.<run>.drop_path)
     sync_bn: bool
     amp_dtype: str | None  # bfloat16 on GPU; ignored on CPU
     fused_optimizer: bool  # fused AdamW kernel (one kernel for all parameters; same updates)
@@ -58,7 +77,6 @@ class PretrainConfig:
     workers: int
     eval_every: int
     checkpoint_every_steps: int  # 0: checkpoint at epoch ends only
-    run_epochs: dict[str, int]  # epochs of named runs (secvit.runs.run_key) in place of `epochs`; the rest is the same
 
     def validate(self, where: str) -> None:
         positive = ("epochs", "batch_size", "batch_per_device", "lr_base_batch", "img_size", "ema_decay_batch", "eval_every")
@@ -73,9 +91,8 @@ class PretrainConfig:
             raise SecvitError(f"setting '{where}.amp_dtype' must be bfloat16, float16 or null")
         if self.img_size < 32:
             raise SecvitError(f"setting '{where}.img_size' must be at least 32, got {self.img_size}")
-        for run, epochs in self.run_epochs.items():
-            if not self.warmup_epochs < epochs:
-                raise SecvitError(f"setting '{where}.run_epochs.{run}' must be more than warmup_epochs ({self.warmup_epochs}), got {epochs}")
+        if not 0 <= self.drop_path < 1:
+            raise SecvitError(f"setting '{where}.drop_path' must be in [0, 1), got {self.drop_path}")
         if self.workers < 0 or self.checkpoint_every_steps < 0:
             raise SecvitError(f"'{where}': workers and checkpoint_every_steps must be >= 0")
 
@@ -112,14 +129,39 @@ class PretrainConfig:
         """Gradient accumulation steps that reach the global batch on ``world_size`` devices."""
         return self.micro_batch(world_size)[1]
 
-    def for_run(self, run: str) -> PretrainConfig:
-        """The recipe of run ``run``: this one, with its ``run_epochs`` entry (if any) as ``epochs``."""
-        return replace(self, epochs=self.run_epochs.get(run, self.epochs))
-
-    def drop_path_for(self, model: str) -> float:
-        if model not in self.drop_path:
-            raise SecvitError(f"no drop_path rate for {model} in pretrain.drop_path (have: {', '.join(self.drop_path)})")
-        return self.drop_path[model]
-
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def recipe_of_run(shared: dict[str, Any], speed: dict[str, Any], run: dict[str, Any], where: str) -> PretrainConfig:
+    """The recipe of one run from the three sections (``where``: ``<profile>``, for messages):
+    the shared recipe, the speed options and the run's own settings on top."""
+    from secvit.params import from_section
+
+    for name, part, allowed in (("pretrain_speed", speed, SPEED_SETTINGS), ("pretrain_runs.<run>", run, RUN_SETTINGS)):
+        if not isinstance(part, dict):
+            raise SecvitError(f"{where}.{name} must be a mapping of settings")
+        unknown = sorted(set(part) - set(allowed))
+        if unknown:
+            raise SecvitError(f"unknown setting '{where}.{name}.{unknown[0]}'; valid settings there: {', '.join(allowed)}")
+    misplaced = sorted(set(shared) & (set(SPEED_SETTINGS) | {"drop_path"}))
+    if misplaced:
+        home = "pretrain_speed" if misplaced[0] in SPEED_SETTINGS else "pretrain_runs.<run>"
+        raise SecvitError(f"setting '{where}.pretrain.{misplaced[0]}' belongs in {where}.{home}")
+    if "drop_path" not in run:
+        raise SecvitError(f"missing setting '{where}.pretrain_runs.<run>.drop_path'")
+    return from_section(PretrainConfig, {**shared, **speed, **run}, f"{where}.pretrain")
+
+
+def pretrain_config(params_path: str | Path, profile: str, run: str | None) -> PretrainConfig:
+    """The pretraining recipe of run ``run`` (a run key: ``secvit_tiny``, ``secvit_tiny-no_lce``) in the
+    params file, from ``<profile>.pretrain``, ``<profile>.pretrain_speed`` and
+    ``<profile>.pretrain_runs.<run>``; with ``run`` None (evaluation of any checkpoint), the shared
+    recipe with no drop path."""
+    from secvit.params import load_params, profile_section, section
+
+    params = load_params(params_path)
+    shared = profile_section(params, profile, "pretrain")
+    speed = profile_section(params, profile, "pretrain_speed")
+    own = section(params, f"{profile}.pretrain_runs.{run}", str(params_path)) if run else {"drop_path": 0.0}
+    return recipe_of_run(shared, speed, own, profile)

@@ -1,8 +1,18 @@
-"""torch.distributed from the environment (torchrun, or SLURM through submitit)."""
+"""torch.distributed from the environment (torchrun, or SLURM through submitit), and stopping a run on
+request in step on every rank.
+
+Stopping: SLURM's pre-timeout signal (``SIGUSR2``) asks a training run to save a checkpoint at the
+next optimizer step and exit, so a requeued job loses at most the step in flight. The signal only sets
+a flag (:func:`listen_for_stop`); the training loop asks :func:`stop_requested` after each step. In a
+distributed run every rank must stop after the same step (saving a checkpoint is collective), so the
+ranks agree: one rank's request stops them all.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -75,3 +85,42 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- stopping on request (SLURM's pre-timeout signal)
+
+STOP_SIGNAL = signal.SIGUSR2
+#: Exit status of a run that stopped on the signal after saving its checkpoint (EX_TEMPFAIL: run it again).
+STOP_EXIT_CODE = 75
+
+_stop_flag = threading.Event()
+
+
+def _on_stop_signal(signum, frame) -> None:
+    _stop_flag.set()
+
+
+def listen_for_stop() -> None:
+    """From now on, :data:`STOP_SIGNAL` asks this process's run to stop (main thread only; elsewhere a no-op)."""
+    _stop_flag.clear()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(STOP_SIGNAL, _on_stop_signal)
+
+
+def stop_requested(device: torch.device | None = None) -> bool:
+    """True once a stop was requested, here or (distributed) on any rank. Collective when distributed:
+    every rank calls it at the same point."""
+    stop = _stop_flag.is_set()
+    if dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([int(stop)], device=device if device is not None and device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
+
+
+class Stopped(SystemExit):
+    """Raised after the checkpoint is saved: the process exits with :data:`STOP_EXIT_CODE`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(STOP_EXIT_CODE)
+        self.message = message

@@ -35,8 +35,8 @@ from secvit.checkpoint import atomic_save, load_file_checked
 from secvit.data.imagenet import read_skips
 from secvit.data.layout import check_imagenet
 from secvit.engine import live
-from secvit.engine.config import PretrainConfig
-from secvit.engine.distributed import DistEnv, barrier, hostnames, init_distributed
+from secvit.engine.config import SPEED_SETTINGS, PretrainConfig
+from secvit.engine.distributed import DistEnv, Stopped, barrier, hostnames, init_distributed, listen_for_stop, stop_requested
 from secvit.engine.amp import autocast, recipe_dtype
 from secvit.engine.evaluate import evaluate
 from secvit.engine.loaders import build_eval_loader, build_train_loader, derived_seed, seed_everything, set_epoch
@@ -153,7 +153,7 @@ def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimi
 def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: DistEnv, model_kwargs: dict[str, Any]) -> Training:
     """Model (same initial weights on every rank), EMA, optimizer, schedule, Mixup/CutMix and loss of the recipe."""
     seed_everything(cfg.seed)  # identical initial weights on every rank
-    model = create(model_name, num_classes=num_classes, drop_path_rate=cfg.drop_path_for(model_name), **model_kwargs)
+    model = create(model_name, num_classes=num_classes, drop_path_rate=cfg.drop_path, **model_kwargs)
     if cfg.sync_bn and env.distributed and env.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     apply_speed_options(model, cfg, env.device)
@@ -179,8 +179,8 @@ def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: 
     return Training(model, model, ema, optimizer, scheduler, mixup, criterion)  # DDP wraps it after resume
 
 
-# Recipe settings that do not change what is computed: a checkpoint written with other values resumes.
-RESUMABLE_CHANGES = frozenset({"workers", "checkpoint_every_steps"})
+# Settings that do not change the results (speed, memory): a checkpoint written with other values resumes.
+RESUMABLE_CHANGES = frozenset(SPEED_SETTINGS)
 
 
 def changed_settings(saved: dict[str, Any] | None, cfg: PretrainConfig) -> list[str]:
@@ -202,16 +202,23 @@ def _either(values: list[int]) -> str:
 
 
 def resumed_batch(state: dict[str, Any], cfg: PretrainConfig, env: DistEnv, path: Path) -> int:
-    """The position inside the epoch, in this run's batches, of a checkpoint written on another device count.
+    """The position inside the epoch, in this run's batches, of a checkpoint written on another device count
+    or with another ``batch_per_device`` (checkpoints are written after whole optimizer steps).
 
     Each optimizer step trains on the same images in the same micro-batches on any device count with
     the same micro-batch (:class:`secvit.engine.loaders.GlobalBatchShare`), so such a run continues
-    exactly; another micro-batch would change what the rest of the run computes: refused."""
+    exactly; on another device count another micro-batch would change what the rest of the run
+    computes: refused. On the same devices, a new ``batch_per_device`` (a speed option) continues."""
     saved = state.get("layout") or {"world_size": 1, **dict(zip(("micro_batch", "accumulation"), cfg.micro_batch(1)))}
     now = layout(cfg, env)
     if saved == now:
         return state["batch"]
-    if saved["micro_batch"] != now["micro_batch"]:
+    if saved["micro_batch"] != now["micro_batch"] and saved["world_size"] == now["world_size"]:
+        # batch_per_device, a speed option, changed on the same devices: the run goes on with the same recipe
+        # from the next optimizer step, in micro-batches of the new size (not bit for bit: BatchNorm statistics
+        # and the random draws follow the micro-batch)
+        console.log(f"{path}: micro-batches of {saved['micro_batch']} before, {now['micro_batch']} from here on (batch_per_device)")
+    elif saved["micro_batch"] != now["micro_batch"]:
         same = [n for n in range(1, cfg.batch_size + 1) if cfg.batch_size % n == 0 and cfg.micro_batch(n)[0] == saved["micro_batch"]]
         raise SecvitError(
             f"{path} was trained on {saved['world_size']} devices in micro-batches of {saved['micro_batch']}; on {env.world_size} "
@@ -291,7 +298,9 @@ def train_one_epoch(
 
     Adds the loss, batch count and seconds to ``position.partial``; calls ``checkpoint(done)``
     every ``cfg.checkpoint_every_steps`` optimizer steps inside the epoch (done = batches
-    finished) and ``on_batch()`` after every batch.
+    finished) and ``on_batch()`` after every batch. When a stop was requested (:func:`~secvit.engine.distributed.stop_requested`,
+    SLURM's pre-timeout signal), saves a checkpoint after the step in flight and raises
+    :class:`~secvit.engine.Stopped`.
     """
     model, train_model, partial = training.model, training.train_model, position.partial
     set_epoch(loader, epoch, skip_batches=position.batch)
@@ -329,6 +338,10 @@ def train_one_epoch(
             if training.ema is not None:
                 training.ema.update(model)
             done = batch + 1
+            if done < batches and stop_requested(env.device):
+                partial["seconds"] += time.perf_counter() - tic
+                checkpoint(done)
+                raise Stopped(f"epoch {epoch + 1}, batch {done}")
             if cfg.checkpoint_every_steps and (done // accum) % cfg.checkpoint_every_steps == 0 and done < batches:
                 partial["seconds"] += time.perf_counter() - tic
                 tic = time.perf_counter()
@@ -374,6 +387,11 @@ def _progress(env: DistEnv) -> Progress:
     )
 
 
+def _report_stop(run: RunDir, stopped: Stopped, env: DistEnv) -> None:
+    if env.is_main:
+        console.log(f"stopped on request (SIGUSR2): saved {run.last} at {stopped.message}; run again to resume")
+
+
 def pretrain(
     model_name: str,
     cfg: PretrainConfig,
@@ -390,6 +408,7 @@ def pretrain(
     (default: ``run_dir``).
     """
     env = init_distributed()
+    listen_for_stop()  # SIGUSR2 (SLURM's pre-timeout signal): checkpoint after the step in flight, exit
     run = RunDir(Path(run_dir), Path(results_dir or run_dir))
     num_classes = check_imagenet(data_root, expected=expected).classes
     micro, accum = cfg.micro_batch(env.world_size)
@@ -419,6 +438,8 @@ def pretrain(
     if training.mixup is not None and micro % 2:
         raise SecvitError(f"Mixup/CutMix needs an even micro-batch; {env.world_size} devices make it {micro}")
 
+    if env.is_main:
+        console.log(f"training {model_name} from epoch {position.epoch + 1}, batch {position.batch}: {batches} batches of {micro} per epoch")
     extra = {"model": model_name, **model_kwargs, "num_classes": num_classes, "world_size": env.world_size, "global_batch": cfg.batch_size, "micro_batch": micro, "accumulation": accum, "lr": cfg.lr,
              "hosts": hostnames()}
     with _progress(env) as progress:
@@ -435,7 +456,11 @@ def pretrain(
             def on_batch() -> None:
                 progress.update(batches_bar, advance=1, status=f"loss {position.partial['loss_sum'] / position.partial['batches']:.4f}")
 
-            train_one_epoch(training, train_loader, epoch, position, batches, accum, cfg, env, checkpoint, on_batch)
+            try:
+                train_one_epoch(training, train_loader, epoch, position, batches, accum, cfg, env, checkpoint, on_batch)
+            except Stopped as stopped:
+                _report_stop(run, stopped, env)
+                raise
 
             partial = position.partial
             row = {
@@ -458,6 +483,10 @@ def pretrain(
                 shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
                 console.log(f"epoch {epoch + 1}/{cfg.epochs}: {shown}")
             progress.update(epochs_bar, advance=1, status=f"best top-1 {metrics['best_top1']:.2f}" if metrics["best_top1"] is not None else "")
+            if epoch + 1 < cfg.epochs and stop_requested(env.device):
+                stopped = Stopped(f"epoch {epoch + 2}, batch 0")
+                _report_stop(run, stopped, env)
+                raise stopped
 
     metrics = run_metrics(run, position.history, extra)
     if env.is_main:
