@@ -113,13 +113,12 @@ def test_resume_on_another_device_count_is_exact_or_refused(tmp_path, repo_root)
 def test_resume_position_across_device_counts(repo_root):
     """Where a checkpoint of one device count resumes on another, and the one-line refusal when the
     micro-batch would change (tested on the real recipe; the run above checks the training itself)."""
-    from secvit.engine.config import PretrainConfig
+    from secvit.engine.config import pretrain_config
     from secvit.engine.distributed import DistEnv
     from secvit.engine.train import layout, resumed_batch
     from secvit.errors import SecvitError
-    from secvit.params import from_section, load_params
 
-    cfg = from_section(PretrainConfig, load_params(repo_root / "params.yaml")["paper"]["pretrain"], "paper.pretrain")
+    cfg = pretrain_config(repo_root / "params.yaml", "paper", "secvit_small")
     on = {n: DistEnv(0, n, 0, torch.device("cpu")) for n in (1, 8, 12, 16, 32)}
     state = {"batch": 6, "layout": layout(cfg, on[8])}  # 3 steps of 2 x 128 on 8 devices
     assert resumed_batch(state, cfg, on[8], Path("last.pth")) == 6
@@ -133,6 +132,10 @@ def test_resume_position_across_device_counts(repo_root):
     )
     with pytest.raises(SecvitError, match="^global batch 2048 cannot be split evenly over 12 devices"):
         resumed_batch(state, cfg, on[12], Path("last.pth"))
+    import dataclasses
+
+    smaller = dataclasses.replace(cfg, batch_per_device=64)  # the speed option on the same 8 devices: 4 x 64 per step
+    assert resumed_batch(state, smaller, on[8], Path("last.pth")) == 12
     legacy = {"batch": 32}  # a checkpoint from before layouts were saved: one device, 2 steps of 16 x 128
     assert resumed_batch(legacy, cfg, on[8], Path("last.pth")) == 4
 

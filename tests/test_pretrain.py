@@ -1,5 +1,6 @@
 """ImageNet pretraining and evaluation: the recipe in params.yaml, the smoke run, exact resume."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -128,7 +129,7 @@ def test_missing_setting_and_accumulation(params):
 def test_global_batch_on_any_device_count_that_divides_it(params):
     """Global batch 2048 (paper): every device count that divides it keeps it (micro-batches of at most
     batch_per_device, accumulated); 12 devices cannot, and say so in one line."""
-    cfg = from_section(PretrainConfig, params["paper"]["pretrain"], "x")
+    cfg = recipe(params, "paper", "secvit_small")
     for devices, (micro, accum) in {1: (128, 16), 8: (128, 2), 16: (128, 1), 32: (64, 1), 64: (32, 1), 2048: (1, 1)}.items():
         assert cfg.micro_batch(devices) == (micro, accum)
         assert micro * accum * devices == 2048
@@ -138,9 +139,9 @@ def test_global_batch_on_any_device_count_that_divides_it(params):
         message = str(err.value)
         assert message.startswith(f"global batch 2048 cannot be split evenly over {devices} devices;") and "\n" not in message
         assert "1, 2, 4, 8, 16, 32" in message and f"multiple of {devices}" in message
-    twelve = from_section(PretrainConfig, {**params["paper"]["pretrain"], "batch_size": 3072}, "x")
+    twelve = recipe(params, "paper", "secvit_small", batch_size=3072)
     assert twelve.micro_batch(12) == (128, 2)  # 3072 = 12 x 2 x 128: 12 devices keep it
-    odd = from_section(PretrainConfig, {**params["paper"]["pretrain"], "batch_size": 96, "batch_per_device": 40}, "x")
+    odd = dataclasses.replace(recipe(params, "paper", "secvit_small", batch_size=96), batch_per_device=40)
     assert odd.micro_batch(1) == (32, 3) and odd.micro_batch(2) == (24, 2)  # micro-batches divide each device's share
 
 
