@@ -19,6 +19,7 @@ checkpoints written atomically (the ``atomic_local`` file backend, used by the c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from numpy._core.multiarray import _reconstruct, scalar
 from mmengine.fileio import LocalBackend, register_backend
+from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
@@ -67,7 +69,8 @@ class SecvitBackbone(BaseModule):
     Args:
         model_name: a model of ``secvit list-models`` (or any timm model with ``forward_intermediates``).
         pretrained: ImageNet weights: our pretraining's ``best.pth``/``last.pth``, a released file or
-            safetensors; loaded strictly through the family's checkpoint filter (a wrong file is an error).
+            safetensors; loaded strictly through the family's checkpoint filter (a wrong or missing file is an
+            error). None trains the backbone from random initialisation, with a warning (once per process).
         out_indices: stages whose maps are returned.
         drop_path_rate: stochastic depth of the backbone (None: the model's default).
         frozen_stages: -1 trains everything; ``k`` freezes the stem and stages ``0..k`` (weights and norms).
@@ -89,6 +92,10 @@ class SecvitBackbone(BaseModule):
         init_cfg: dict | None = None,
     ) -> None:
         super().__init__(init_cfg)
+        if pretrained is None:
+            self._warn_without_weights(model_name)
+        elif not Path(pretrained).is_file():
+            raise SecvitError(f"model.backbone.pretrained: no file {pretrained}; give the path of {model_name}'s ImageNet weights")
         kwargs = dict(model_kwargs or {})
         if drop_path_rate is not None:
             kwargs["drop_path_rate"] = drop_path_rate
@@ -109,6 +116,20 @@ class SecvitBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self._freeze()
+
+    _warned_without_weights = False
+
+    @classmethod
+    def _warn_without_weights(cls, model_name: str) -> None:
+        if cls._warned_without_weights:
+            return
+        cls._warned_without_weights = True
+        print_log(
+            f"SecvitBackbone: no ImageNet weights for {model_name} (model.backbone.pretrained=None); the backbone trains "
+            "from random initialisation. Set model.backbone.pretrained (e.g. --cfg-options model.backbone.pretrained="
+            "runs/<profile>/pretrain/<model>/best.pth), or run through `secvit detect` / `secvit segment`.",
+            logger="current", level=logging.WARNING,
+        )
 
     def _frozen_modules(self) -> list[nn.Module]:
         """The body's modules that run before the end of stage ``frozen_stages`` (stem included)."""
