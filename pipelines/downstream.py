@@ -82,7 +82,7 @@ def _run(
     from mmengine.dist import get_rank, get_world_size
 
     from secvit.atomic import write_json
-    from secvit.downstream.run import curve_rows, finish_checkpoints, model_complexity, prepare_config, run
+    from secvit.downstream.run import curve_rows, finish_checkpoints, model_complexity, prepare_config, run, training_batch
     from secvit.engine.live import write_curves
 
     settings = load(params, profile, task, DownstreamSettings)
@@ -106,6 +106,7 @@ def _run(
         "backbone": model,
         "backbone_swapped_in": swapped,
         "world_size": get_world_size(),
+        **training_batch(cfg, get_world_size()),  # global_batch, batch_per_device, accumulation, lr
         **{f"{k}_ms_flip": v for k, v in ms_flip.items()},
         "raw": {k: v for k, v in raw.items() if isinstance(v, (int, float))},
     }

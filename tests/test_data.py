@@ -410,3 +410,27 @@ def test_small_convnet_learns_classes(imagenet: Path):
         assert acc > 0.8, acc
     finally:
         torch.set_num_threads(threads)
+
+
+def test_learnable_coco_draws_each_category_in_its_colour(tmp_path):
+    """make_coco(learnable=True), the learning check's data: 1-2 large objects, each category its own colour,
+    masks that cover exactly the coloured pixels."""
+    from pycocotools import mask as mask_utils
+
+    counts = synthetic.make_coco(tmp_path, train_images=12, val_images=2, size=(96, 96), learnable=True)
+    data = json.loads((tmp_path / "annotations/instances_train2017.json").read_text())
+    per_image = {}
+    for ann in data["annotations"]:
+        per_image.setdefault(ann["image_id"], []).append(ann)
+    assert counts["train"] == 12 and set(per_image) == {im["id"] for im in data["images"]}
+    assert all(1 <= len(anns) <= 2 for anns in per_image.values())
+    colours = np.array([(220, 40, 40), (40, 200, 40), (40, 60, 230)])
+    for image in data["images"]:
+        pixels = np.asarray(Image.open(tmp_path / "train2017" / image["file_name"]), dtype=np.float32)
+        for ann in per_image[image["id"]]:
+            assert ann["area"] > 0.1 * 96 * 96 * 0.2  # large: radius 20-35% of the side
+            rle = mask_utils.frPyObjects(ann["segmentation"], 96, 96)
+            inside = mask_utils.decode(mask_utils.merge(rle)).astype(bool)
+            mean = pixels[inside].mean(0)
+            assert np.abs(mean - colours[ann["category_id"] - 1]).max() < 40, (image["file_name"], mean)
+            assert np.abs(pixels[~inside].mean(0) - colours[ann["category_id"] - 1]).max() > 40

@@ -26,6 +26,7 @@ IMAGENET_KINDS = (  # the first classes differ in texture, which a small model l
 MAX_IMAGENET_CLASSES = 3 * len(IMAGENET_KINDS)
 COCO_CATEGORIES = ("circle", "square", "triangle")
 _SPLIT_CODE = {"train": 1, "val": 2}
+_CATEGORY_COLOURS = np.array([(220, 40, 40), (40, 200, 40), (40, 60, 230)])  # make_coco(learnable=True)
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -140,10 +141,12 @@ def make_imagenet(
     return {"classes": num_classes, "train": num_classes * train_per_class, "val": num_classes * val_per_class}
 
 
-def _place_objects(rng: np.random.Generator, h: int, w: int, n: int) -> list[tuple[float, float, float]]:
-    """Up to ``n`` non-overlapping circles (cx, cy, r) that fit in the image."""
+def _place_objects(
+    rng: np.random.Generator, h: int, w: int, n: int, radius: tuple[float, float] = (0.12, 0.25)
+) -> list[tuple[float, float, float]]:
+    """Up to ``n`` non-overlapping circles (cx, cy, r) that fit in the image; ``r`` a fraction ``radius`` of the short side."""
     placed: list[tuple[float, float, float]] = []
-    lo, hi = 0.12 * min(h, w), 0.25 * min(h, w)
+    lo, hi = radius[0] * min(h, w), radius[1] * min(h, w)
     for _ in range(50 * n):
         if len(placed) == n:
             break
@@ -165,11 +168,15 @@ def make_coco(
     val_images: int = 8,
     size: tuple[int, int] = (96, 128),
     seed: int = 0,
+    learnable: bool = False,
 ) -> dict[str, int]:
     """Write a COCO-2017-layout detection/instance-segmentation set of circles, squares, triangles.
 
-    Each image has 1-3 non-overlapping objects; ``segmentation`` is the exact polygon that was
-    drawn. Returns ``{"classes", "train", "val", "train_annotations", "val_annotations"}``.
+    Each image has 1-3 non-overlapping objects in random colours; ``segmentation`` is the exact polygon
+    that was drawn. ``learnable=True`` makes a set that a small detector learns in minutes on a CPU (the
+    learning check, benchmarks/learning.sh): 1-2 large objects (radius 20-35% of the short side), each
+    category in its own colour (red circles, green squares, blue triangles) on a grey background.
+    Returns ``{"classes", "train", "val", "train_annotations", "val_annotations"}``.
     """
     h, w = size
     if min(h, w) < 32:
@@ -187,18 +194,21 @@ def make_coco(
             rng = _rng(seed, _SPLIT_CODE[split], i)
             image_id = _SPLIT_CODE[split] * 100000 + i + 1
             file_name = f"{image_id:012d}.jpg"
-            bg = rng.integers(0, 256, 3).astype(np.float32)
+            bg = (np.full(3, rng.integers(96, 160)) if learnable else rng.integers(0, 256, 3)).astype(np.float32)
             arr = np.clip(bg + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
             img = Image.fromarray(arr, "RGB")
             draw = ImageDraw.Draw(img)
-            for cx, cy, r in _place_objects(rng, h, w, int(rng.integers(1, 4))):
+            count, radius = (int(rng.integers(1, 3)), (0.2, 0.35)) if learnable else (int(rng.integers(1, 4)), (0.12, 0.25))
+            for cx, cy, r in _place_objects(rng, h, w, count, radius):
                 cat = int(rng.integers(0, len(COCO_CATEGORIES)))
                 poly = [(round(x, 2), round(y, 2)) for x, y in
                         _shape_polygon(COCO_CATEGORIES[cat], r, rng.uniform(0, 2 * math.pi), cx, cy)]
-                while True:
+                while not learnable:
                     fg = rng.integers(0, 256, 3)
                     if np.abs(fg - bg).sum() >= 150:
                         break
+                if learnable:
+                    fg = np.clip(_CATEGORY_COLOURS[cat] + rng.integers(-20, 21, 3), 0, 255)
                 draw.polygon(poly, fill=tuple(int(c) for c in fg))
                 xs, ys = [p[0] for p in poly], [p[1] for p in poly]
                 bbox = [min(xs), min(ys), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]

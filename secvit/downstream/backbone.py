@@ -19,10 +19,12 @@ mmengine's own objects in a resumed checkpoint are allowed only around that one 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from mmengine.fileio import LocalBackend, register_backend
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 from timm.layers import LayerNorm2d
@@ -55,7 +57,8 @@ class SecvitBackbone(BaseModule):
     Args:
         model_name: a model of ``secvit list-models`` (or any timm model with ``forward_intermediates``).
         pretrained: ImageNet weights: our pretraining's ``best.pth``/``last.pth``, a released file or
-            safetensors; loaded strictly through the family's checkpoint filter (a wrong file is an error).
+            safetensors; loaded strictly through the family's checkpoint filter (a wrong or missing file is an
+            error). None trains the backbone from random initialisation, with a warning (once per process).
         out_indices: stages whose maps are returned.
         drop_path_rate: stochastic depth of the backbone (None: the model's default).
         frozen_stages: -1 trains everything; ``k`` freezes the stem and stages ``0..k`` (weights and norms).
@@ -77,6 +80,10 @@ class SecvitBackbone(BaseModule):
         init_cfg: dict | None = None,
     ) -> None:
         super().__init__(init_cfg)
+        if pretrained is None:
+            self._warn_without_weights(model_name)
+        elif not Path(pretrained).is_file():
+            raise SecvitError(f"model.backbone.pretrained: no file {pretrained}; give the path of {model_name}'s ImageNet weights")
         kwargs = dict(model_kwargs or {})
         if drop_path_rate is not None:
             kwargs["drop_path_rate"] = drop_path_rate
@@ -97,6 +104,20 @@ class SecvitBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self._freeze()
+
+    _warned_without_weights = False
+
+    @classmethod
+    def _warn_without_weights(cls, model_name: str) -> None:
+        if cls._warned_without_weights:
+            return
+        cls._warned_without_weights = True
+        print_log(
+            f"SecvitBackbone: no ImageNet weights for {model_name} (model.backbone.pretrained=None); the backbone trains "
+            "from random initialisation. Set model.backbone.pretrained (e.g. --cfg-options model.backbone.pretrained="
+            "runs/<profile>/pretrain/<model>/best.pth), or run through `secvit detect` / `secvit segment`.",
+            logger="current", level=logging.WARNING,
+        )
 
     def _frozen_modules(self) -> list[nn.Module]:
         """The body's modules that run before the end of stage ``frozen_stages`` (stem included)."""

@@ -22,7 +22,8 @@ from secvit.engine.distributed import launched_world_size
 from secvit.errors import SecvitError
 
 __all__ = [
-    "Schedule", "prepare_config", "swap_backbone", "latest_checkpoint", "finish_checkpoints", "run", "model_complexity", "curve_rows",
+    "Schedule", "prepare_config", "training_batch", "swap_backbone", "latest_checkpoint", "finish_checkpoints", "run",
+    "model_complexity", "curve_rows",
     "detection_summary", "segmentation_summary",
 ]
 
@@ -50,8 +51,9 @@ class Schedule:
     score_thr: float | None = None  # detection test score threshold
     log_every: int | None = None
     log_level: str = "INFO"  # mmengine's console and file log (WARNING: progress bar and curves only)
-    scale_lr: bool = True  # lr scaled linearly with the global batch (mmengine's auto_scale_lr)
+    scale_lr: bool = True  # lr scaled linearly with the global batch (against the config's recipe batch)
     seed: int = 0
+    global_batch: int | None = None  # images per optimizer step (None: see training_batch)
 
 
 def _walk(node: Any) -> Iterator[dict]:
@@ -142,9 +144,69 @@ def _apply_schedule(cfg: Any, s: Schedule) -> None:
             if "score_thr" in node:
                 node["score_thr"] = s.score_thr
     cfg["log_level"] = s.log_level
-    cfg.setdefault("auto_scale_lr", {})["enable"] = s.scale_lr
     scale_image_sizes(cfg, s.image_scale)
     cfg["randomness"] = dict(seed=s.seed)
+
+
+def _set_batch(cfg: Any, s: Schedule, world_size: int) -> None:
+    """Resolve the global batch, the per-device batch, gradient accumulation and the lr into ``cfg``.
+
+    The recipe's global batch is the config's ``auto_scale_lr.base_batch_size`` (16: 8 GPUs x 2 images).
+    Iteration-based configs (segmentation) keep it on any device count: each device takes at most its
+    configured batch, and gradient accumulation makes up the rest, so the run is the recipe's (same images
+    per optimizer step, same lr, same number of optimizer steps). Epoch-based configs (detection) train
+    ``devices x batch`` images per step with the lr scaled linearly, as mmdet's ``auto_scale_lr`` would.
+    ``s.global_batch`` sets another global batch for either (reached by accumulation; lr scaled linearly).
+    The lr is written into the config, so mmengine's own ``auto_scale_lr`` is switched off.
+    """
+    recipe = (cfg.get("auto_scale_lr") or {}).get("base_batch_size")
+    if not recipe:
+        raise SecvitError("the config states no recipe batch: set auto_scale_lr = dict(enable=False, base_batch_size=N)")
+    by_epoch = cfg["train_cfg"].get("type", "EpochBasedTrainLoop") == "EpochBasedTrainLoop"
+    per_device = s.batch_per_device or cfg["train_dataloader"]["batch_size"]
+    target = s.global_batch or (world_size * per_device if by_epoch else recipe)
+    if target % world_size:
+        raise SecvitError(
+            f"a global batch of {target} cannot be split over {world_size} devices; use a device count that divides it "
+            "or set the schedule's global_batch"
+        )
+    share = target // world_size
+    per_device = max(b for b in range(1, min(per_device, share) + 1) if share % b == 0)
+    accumulation = share // per_device
+    cfg["train_dataloader"]["batch_size"] = per_device
+    optimizer = cfg["optim_wrapper"]["optimizer"]
+    if s.scale_lr:
+        optimizer["lr"] = optimizer["lr"] * target / recipe
+    cfg["auto_scale_lr"]["enable"] = False  # the lr above is already that of the global batch
+    if accumulation > 1:
+        cfg["optim_wrapper"]["accumulative_counts"] = accumulation
+        _stretch_iterations(cfg, accumulation, by_epoch)
+
+
+def _stretch_iterations(cfg: Any, factor: int, by_epoch: bool) -> None:
+    """Count every iteration-based length in micro-batches: ``factor`` loop iterations make one optimizer step."""
+    for sched in cfg["param_scheduler"]:
+        if not sched.get("by_epoch", True):
+            for key in ("begin", "end"):
+                if key in sched:
+                    sched[key] *= factor
+    if by_epoch:
+        return
+    cfg["train_cfg"]["max_iters"] *= factor
+    cfg["train_cfg"]["val_interval"] = cfg["train_cfg"].get("val_interval", 1000) * factor
+    hooks = cfg["default_hooks"]
+    hooks["checkpoint"]["interval"] *= factor
+    hooks["logger"]["interval"] *= factor
+
+
+def training_batch(cfg: Any, world_size: int) -> dict[str, Any]:
+    """The global batch, its split and the lr of a prepared config (recorded in metrics.json)."""
+    accumulation = cfg["optim_wrapper"].get("accumulative_counts", 1)
+    per_device = cfg["train_dataloader"]["batch_size"]
+    return {
+        "global_batch": world_size * per_device * accumulation, "batch_per_device": per_device,
+        "accumulation": accumulation, "lr": cfg["optim_wrapper"]["optimizer"]["lr"],
+    }
 
 
 def prepare_config(
@@ -156,10 +218,12 @@ def prepare_config(
     schedule: Schedule | None = None,
     classes: Sequence[str] | None = None,
     model: str | None = None,
+    world_size: int | None = None,
 ) -> Any:
     """The config at ``config`` pointed at a dataset, a work dir and backbone weights.
 
-    ``model`` runs the config's recipe with that backbone instead of its own.
+    ``model`` runs the config's recipe with that backbone instead of its own. The global batch is split over
+    ``world_size`` devices (default: the launcher's world size, else 1; see :func:`_set_batch`).
     """
     from mmengine.config import Config
 
@@ -176,7 +240,9 @@ def prepare_config(
     _set_data_root(cfg, Path(data_root))
     if classes is not None:
         _set_classes(cfg, classes)
-    _apply_schedule(cfg, schedule or Schedule())
+    schedule = schedule or Schedule()
+    _apply_schedule(cfg, schedule)
+    _set_batch(cfg, schedule, world_size or launched_world_size() or 1)
     distributed = (launched_world_size() or 1) > 1
     cfg.launcher = "pytorch" if distributed else "none"
     if not torch.cuda.is_available():
@@ -314,10 +380,8 @@ def model_complexity(cfg: Any, height: int, width: int) -> dict[str, Any]:
     from secvit.complexity import count_flops
 
     init_default_scope(cfg.get("default_scope", "mmdet"))
-    model_cfg = cfg.model.copy()
-    model_cfg.backbone.pretrained = None
     with torch.random.fork_rng(devices=[]):
-        model = MODELS.build(model_cfg).eval()
+        model = MODELS.build(cfg.model.copy()).eval()  # with the config's backbone weights (a file it checks)
     params = sum(p.numel() for p in model.parameters())
     sample_cls = None
     if cfg.get("default_scope") == "mmdet":

@@ -1,6 +1,6 @@
 # Cascade Mask R-CNN 3x+MS with a SecViT-S backbone (paper table 3b).
-# Backbone, optimizer (AdamW, lr 1e-4, weight decay 0.05), 36 epochs and random short side 480-800:
-# those of the Mask R-CNN 3x+MS config. The paper does not describe the cascade heads: Swin's
+# Backbone, optimizer (AdamW, lr 1e-4, weight decay 0.05), 36 epochs and the multi-scale pipeline (short side
+# 480-800, or Swin's resize-crop-resize branch): those of the Mask R-CNN 3x+MS config. The paper does not describe the cascade heads: Swin's
 # recipe decides (three stages of 4conv1fc box heads with BN, GIoU loss on decoded boxes).
 _base_ = ['../mask_rcnn/mask-rcnn_secvit-small_fpn_ms-3x_coco.py']
 

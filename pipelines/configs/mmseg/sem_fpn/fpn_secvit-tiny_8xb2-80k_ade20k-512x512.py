@@ -5,6 +5,11 @@ _base_ = ['mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py']
 
 custom_imports = dict(imports=['secvit.downstream.backbone'], allow_failed_imports=False)
 
+# PVT's Semantic FPN: SyncBN in the head. sync_bn turns every other BN of the model (the backbone's) into SyncBN
+# too when training runs on several devices; on one device mmengine reverts all of them to BN.
+norm_cfg = dict(type='SyncBN', requires_grad=True)
+sync_bn = 'torch'
+
 model = dict(
     pretrained=None,  # the backbone loads its own ImageNet weights
     backbone=dict(
@@ -14,12 +19,15 @@ model = dict(
         pretrained=None,  # ImageNet weights (best.pth of our pretraining, or a released file); set by `secvit segment`
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.1,  # the model's ImageNet stochastic depth (RMT, by the same authors, does the same)
-        norm_eval=False,  # mmseg's convention: backbone BN trains (SyncBN across GPUs)
+        norm_eval=False,  # the conv stem's and downsamples' BN train, synchronised across GPUs (sync_bn below)
         frozen_stages=-1),  # PVT and its family freeze nothing
-    neck=dict(in_channels=[64, 128, 256, 512]))
+    neck=dict(in_channels=[64, 128, 256, 512]),
+    decode_head=dict(norm_cfg=norm_cfg))
 
-# PVT: batch 16 (8 GPUs x 2 images); lr 1e-4 is for that batch (scale it linearly for another).
+# PVT: batch 16 (8 GPUs x 2 images); lr 1e-4 is for that batch. `secvit segment` keeps the global batch of 16 on
+# any device count by gradient accumulation (secvit/downstream/run.py); stock tools train GPUs x 2 images.
 train_dataloader = dict(batch_size=2)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=80000, val_interval=8000)
 optim_wrapper = dict(

@@ -6,6 +6,11 @@ _base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20
 
 custom_imports = dict(imports=['secvit.downstream.backbone'], allow_failed_imports=False)
 
+# Swin's UperNet: SyncBN in both heads. sync_bn turns every other BN of the model (the backbone's) into SyncBN
+# too when training runs on several devices; on one device mmengine reverts all of them to BN.
+norm_cfg = dict(type='SyncBN', requires_grad=True)
+sync_bn = 'torch'
+
 model = dict(
     pretrained=None,  # the backbone loads its own ImageNet weights
     backbone=dict(
@@ -15,10 +20,15 @@ model = dict(
         pretrained=None,  # ImageNet weights (best.pth of our pretraining, or a released file); set by `secvit segment`
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.15,  # the model's ImageNet stochastic depth (RMT, by the same authors, does the same)
-        norm_eval=False,  # mmseg's convention: backbone BN trains (SyncBN across GPUs)
+        norm_eval=False,  # the conv stem's and downsamples' BN train, synchronised across GPUs (sync_bn below)
         frozen_stages=-1),  # Swin freezes nothing
-    decode_head=dict(in_channels=[64, 128, 256, 512]),
-    auxiliary_head=dict(in_channels=256))  # stage 3
+    decode_head=dict(in_channels=[64, 128, 256, 512], norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=256, norm_cfg=norm_cfg))  # stage 3
+
+# Swin: batch 16 (8 GPUs x 2 images); lr 6e-5 is for that batch. `secvit segment` keeps the global batch of 16 on
+# any device count by gradient accumulation (secvit/downstream/run.py); stock tools train GPUs x 2 images.
+train_dataloader = dict(batch_size=2)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 
 optim_wrapper = dict(
     # Swin: no weight decay on norms (here also biases and layer-scale gammas, as in our ImageNet recipe)
