@@ -28,7 +28,7 @@ import numpy as np
 
 from secvit.data.layout import ADE_DIR
 from secvit.data.synthetic import make_ade20k, make_coco
-from secvit.downstream.run import Schedule, detection_summary, prepare_config, run, segmentation_summary, training_batch
+from secvit.downstream.run import Overrides, detection_summary, prepare_config, run, segmentation_summary, training_batch
 from secvit.errors import SecvitError
 from secvit.pipelines.downstream import CONFIGS, DETECTION_CONFIGS, SEGMENTATION_CONFIGS
 
@@ -121,11 +121,11 @@ def train(out: Path, setting: str, weights: Path) -> dict:
     classes = None
     if task == "detection":
         classes = [c["name"] for c in json.loads((data_root / "annotations/instances_val2017.json").read_text())["categories"]]
-    schedule = Schedule(
+    overrides = Overrides(
         length=length, batch_per_device=2, global_batch=2, scale_lr=False, workers=0, image_scale=IMAGE_SCALE[task],
         checkpoint_every=length, val_every=length + 1, log_every=10, log_level="WARNING",
     )
-    cfg = prepare_config(path, work_dir=work, data_root=data_root, pretrained=weights, schedule=schedule,
+    cfg = prepare_config(path, work_dir=work, data_root=data_root, pretrained=weights, overrides=overrides,
                          classes=classes, model="secvit_tiny", world_size=1)
     # the learning check's own optimisation: a higher lr than the recipe's and a short warm-up, for a short run
     cfg.optim_wrapper.optimizer.lr = lr

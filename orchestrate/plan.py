@@ -337,14 +337,14 @@ def _count(data: dict[str, Any], dataset: str, split: str) -> int:
     return int(gen[f"{split}_images"])
 
 
-def _schedule(task: str, pattern: str, model: str, schedule: dict[str, Any]) -> dict[str, Any]:
+def _schedule(task: str, pattern: str, model: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Length, validation interval, batch per device and whether the config counts epochs, as the
-    stage runs it: the config's values with the profile's schedule overrides."""
-    from secvit.downstream.run import Schedule
+    stage runs it: the config's values with the profile's overrides."""
+    from secvit.downstream.run import Overrides
     from secvit.params import from_section
     from secvit.pipelines.downstream import config_file
 
-    s = from_section(Schedule, schedule, f"{task}.schedule")
+    s = from_section(Overrides, overrides, f"{task}.overrides")
     path, _ = config_file(pattern, model)
     cfg = _config(str(path))
     by_epoch = cfg["type"] == "EpochBasedTrainLoop"
@@ -495,7 +495,7 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         if not wanted(stage):
             return
         settings = profile_section(params, profile, task)
-        sched = _schedule(task, pattern, model, settings["schedule"])
+        sched = _schedule(task, pattern, model, settings["overrides"])
         devices = res("detect" if task == "detection" else "segment").devices
         if task == "detection":
             ref, train_area = DETECTION_SIZE, DETECTION_SIZE[0] * DETECTION_SIZE[1]

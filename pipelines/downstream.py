@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from secvit.pipelines.settings import data_config, load
-from secvit.downstream.run import Schedule
+from secvit.downstream.run import Overrides
 from secvit.errors import SecvitError
 from secvit.params import from_section
 from secvit.runs import BEST, CURVES, DETECTION, METRICS, SEGMENTATION, downstream_key, results_dir, run_dir
@@ -38,7 +38,7 @@ SEGMENTATION_CONFIGS = {
 class DownstreamSettings:
     """``<profile>.detection`` / ``<profile>.segmentation`` of params.yaml."""
 
-    schedule: dict[str, Any]
+    overrides: dict[str, Any]  # of the config's schedule and sizes (secvit.downstream.run.Overrides)
     flops_size: dict[str, list[int]]  # (height, width) per backbone; "default" for the others
     ms_flip: bool = False  # segmentation: also test multi-scale with flip
 
@@ -86,14 +86,14 @@ def _run(
     from secvit.engine.live import write_curves
 
     settings = load(params, profile, task, DownstreamSettings)
-    schedule = from_section(Schedule, settings.schedule, f"{profile}.{task}.schedule")
+    overrides = from_section(Overrides, settings.overrides, f"{profile}.{task}.overrides")
     config, swapped = config_file(pattern, model)
     key = downstream_key(model, *setting)
     work_dir = run_dir(profile, key, task)
     results = results_dir(profile, key, task)
     cfg = prepare_config(
         config, work_dir=work_dir, data_root=data_root, pretrained=_weights(profile, model, weights),
-        schedule=schedule, classes=classes, model=model if swapped else None,
+        overrides=overrides, classes=classes, model=model if swapped else None,
     )
     raw = run(cfg)
     ms_flip = summary(_test_ms_flip(cfg)) if settings.ms_flip else {}

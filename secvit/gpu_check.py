@@ -169,7 +169,7 @@ def _downstream(task: str, device: str, iters: int, params: Path, work: Path) ->
     import secvit.downstream.hooks  # noqa: F401
     from secvit.data.layout import ADE_DIR
     from secvit.data.synthetic import make_ade20k, make_coco
-    from secvit.downstream.run import Schedule, prepare_config
+    from secvit.downstream.run import Overrides, prepare_config
     from secvit.params import from_section
     from secvit.pipelines.downstream import DETECTION_CONFIGS, SEGMENTATION_CONFIGS, DownstreamSettings, _coco_classes, config_file
     from secvit.pipelines.settings import data_config, load
@@ -177,8 +177,8 @@ def _downstream(task: str, device: str, iters: int, params: Path, work: Path) ->
     start = time.perf_counter()
     smoke = data_config(params, "smoke").generate or {}
     settings = load(params, "smoke", task, DownstreamSettings)
-    schedule = from_section(Schedule, settings.schedule, f"smoke.{task}.schedule")
-    batch = schedule.batch_per_device or 2
+    overrides = from_section(Overrides, settings.overrides, f"smoke.{task}.overrides")
+    batch = overrides.batch_per_device or 2
     if task == "detection":
         root = work / "coco"
         make_coco(root, **{**smoke.get("coco", {}), "train_images": batch * iters, "val_images": 2})
@@ -189,9 +189,9 @@ def _downstream(task: str, device: str, iters: int, params: Path, work: Path) ->
         make_ade20k(root, **{**smoke.get("ade20k", {}), "val_images": 2})
         config, swapped = config_file(SEGMENTATION_CONFIGS["upernet"], "secvit_tiny")
         length, classes, data_root, name = iters, None, root / ADE_DIR, "UperNet"
-    schedule.length, schedule.checkpoint_every, schedule.val_every, schedule.log_level = length, length, length, "WARNING"
+    overrides.length, overrides.checkpoint_every, overrides.val_every, overrides.log_level = length, length, length, "WARNING"
     cfg = prepare_config(
-        config, work_dir=work / task, data_root=data_root, pretrained=None, schedule=schedule, classes=classes,
+        config, work_dir=work / task, data_root=data_root, pretrained=None, overrides=overrides, classes=classes,
         model="secvit_tiny" if swapped else None,
     )
     with contextlib.redirect_stdout(io.StringIO()):  # mmengine's and pycocotools' logs: the table reports

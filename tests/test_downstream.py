@@ -28,7 +28,7 @@ mmengine = pytest.importorskip("mmengine")
 from secvit.downstream.backbone import SecvitBackbone  # noqa: E402
 from secvit.downstream.hooks import load_own_checkpoint  # noqa: E402
 from secvit.downstream.run import (  # noqa: E402
-    Schedule, latest_checkpoint, prepare_config, scale_image_sizes, swap_backbone, training_batch,
+    Overrides, latest_checkpoint, prepare_config, scale_image_sizes, swap_backbone, training_batch,
 )
 
 ALL_CONFIGS = sorted(CONFIGS.glob("mm*/*/*.py"))
@@ -212,7 +212,7 @@ def test_prepare_config_points_at_data_and_classes(tmp_path):
 
 def _resolved(path: Path, tmp_path: Path, devices: int, **schedule) -> tuple[Any, dict]:
     cfg = prepare_config(path, work_dir=tmp_path / "work", data_root=tmp_path / "data", pretrained=None,
-                         schedule=Schedule(**schedule), world_size=devices)
+                         overrides=Overrides(**schedule), world_size=devices)
     return cfg, training_batch(cfg, devices)
 
 
@@ -361,7 +361,7 @@ def _trained_steps(work_dir: Path) -> list[list[int]]:
 
 def test_segmentation_resumes_after_a_kill(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["smoke"]["segmentation"]["schedule"].update(length=6, checkpoint_every=2)
+    params["smoke"]["segmentation"]["overrides"].update(length=6, checkpoint_every=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     args = ["segment", "--profile", "smoke", "--model", "secvit_tiny", "--head", "semantic_fpn"]
     work = project / "runs/smoke/segmentation/secvit_tiny-semantic_fpn"
@@ -398,7 +398,7 @@ def test_segmentation_started_once_with_two_devices_trains_ddp(project):
 @pytest.mark.slow
 def test_detection_resumes_after_a_kill(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["smoke"]["detection"]["schedule"].update(length=2)
+    params["smoke"]["detection"]["overrides"].update(length=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     args = ["detect", "--profile", "smoke", "--model", "secvit_tiny", "--detector", "retinanet", "--schedule", "1x"]
     work = project / "runs/smoke/detection/secvit_tiny-retinanet-1x"
@@ -427,7 +427,7 @@ def test_stop_signal_saves_the_iteration_and_resumes_after_it(project, task, arg
     """SLURM's pre-timeout USR2 mid-run: the stage saves iter_<N>.pth after the iteration in flight and exits 75;
     run again, it trains from iteration N + 1 (inside the epoch, for detection), losing nothing."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["smoke"][task]["schedule"].update(length=length, checkpoint_every=100)  # no periodic checkpoint before the end
+    params["smoke"][task]["overrides"].update(length=length, checkpoint_every=100)  # no periodic checkpoint before the end
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     argv = [args[0], "--profile", "smoke", "--model", "secvit_tiny", *args[1:]]
     key = "secvit_tiny-" + ("semantic_fpn" if task == "segmentation" else "retinanet-1x")

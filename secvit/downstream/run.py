@@ -2,7 +2,7 @@
 
 The configs under ``pipelines/configs`` are complete recipes that stock tools run as they are.
 :func:`prepare_config` only points one at a dataset, a work directory and backbone weights, and
-applies the few size knobs of a :class:`Schedule` (the smoke profile shrinks runs with them).
+applies the few size knobs of a :class:`Overrides` (the smoke profile shrinks runs with them).
 :func:`run` trains (resuming from the work directory), tests, and returns the test metrics.
 """
 
@@ -22,7 +22,7 @@ from secvit.engine.distributed import launched_world_size
 from secvit.errors import SecvitError
 
 __all__ = [
-    "Schedule", "prepare_config", "training_batch", "swap_backbone", "latest_checkpoint", "finish_checkpoints", "run",
+    "Overrides", "prepare_config", "training_batch", "swap_backbone", "latest_checkpoint", "finish_checkpoints", "run",
     "model_complexity", "curve_rows",
     "detection_summary", "segmentation_summary",
 ]
@@ -34,8 +34,10 @@ EVALUATORS = ("val_evaluator", "test_evaluator")
 
 
 @dataclass
-class Schedule:
-    """Overrides of a config's schedule (None keeps the config's value).
+class Overrides:
+    """Overrides of a config's schedule and sizes (``<profile>.detection.overrides`` /
+    ``<profile>.segmentation.overrides``; None keeps the config's value). Not to be confused with a
+    detection run's schedule (``1x``, ``3x_ms``), which picks the config.
 
     ``length`` counts epochs for epoch-based configs (detection) and iterations for
     iteration-based ones (segmentation); so do ``checkpoint_every`` and ``val_every``.
@@ -109,7 +111,7 @@ def _set_classes(cfg: Any, classes: Sequence[str]) -> None:
             node["num_classes"] = len(classes)
 
 
-def _apply_schedule(cfg: Any, s: Schedule) -> None:
+def _apply_overrides(cfg: Any, s: Overrides) -> None:
     by_epoch = cfg["train_cfg"].get("type", "EpochBasedTrainLoop") == "EpochBasedTrainLoop"
     if s.length is not None:
         cfg["train_cfg"]["max_epochs" if by_epoch else "max_iters"] = s.length
@@ -148,7 +150,7 @@ def _apply_schedule(cfg: Any, s: Schedule) -> None:
     cfg["randomness"] = dict(seed=s.seed)
 
 
-def _set_batch(cfg: Any, s: Schedule, world_size: int) -> None:
+def _set_batch(cfg: Any, s: Overrides, world_size: int) -> None:
     """Resolve the global batch, the per-device batch, gradient accumulation and the lr into ``cfg``.
 
     The recipe's global batch is the config's ``auto_scale_lr.base_batch_size`` (16: 8 GPUs x 2 images).
@@ -168,7 +170,7 @@ def _set_batch(cfg: Any, s: Schedule, world_size: int) -> None:
     if target % world_size:
         raise SecvitError(
             f"a global batch of {target} cannot be split over {world_size} devices; use a device count that divides it "
-            "or set the schedule's global_batch"
+            "or set the overrides' global_batch"
         )
     share = target // world_size
     per_device = max(b for b in range(1, min(per_device, share) + 1) if share % b == 0)
@@ -215,7 +217,7 @@ def prepare_config(
     work_dir: str | Path,
     data_root: str | Path,
     pretrained: str | Path | None,
-    schedule: Schedule | None = None,
+    overrides: Overrides | None = None,
     classes: Sequence[str] | None = None,
     model: str | None = None,
     world_size: int | None = None,
@@ -240,9 +242,9 @@ def prepare_config(
     _set_data_root(cfg, Path(data_root))
     if classes is not None:
         _set_classes(cfg, classes)
-    schedule = schedule or Schedule()
-    _apply_schedule(cfg, schedule)
-    _set_batch(cfg, schedule, world_size or launched_world_size() or 1)
+    overrides = overrides or Overrides()
+    _apply_overrides(cfg, overrides)
+    _set_batch(cfg, overrides, world_size or launched_world_size() or 1)
     distributed = (launched_world_size() or 1) > 1
     cfg.launcher = "pytorch" if distributed else "none"
     if not torch.cuda.is_available():
