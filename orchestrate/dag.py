@@ -188,6 +188,20 @@ def commit_stage(root: Path, name: str, tries: int = 5) -> None:
             time.sleep(2.0)
 
 
+def relink(root: Path, stages: list[str]) -> None:
+    """``dvc checkout --relink --with-deps <stages>`` once every stage has run: their outputs become links
+    into DVC's cache (``.dvc/config``: ``cache.type``), so a checkpoint exists once on disk. DVC leaves
+    copies where it commits with stages still reading (``--jobs``, SLURM) and for persistent outputs.
+    A failure only costs disk, and is a note."""
+    from secvit.orchestrate.repro import dvc_executable
+
+    result = subprocess.run([dvc_executable(), "checkout", "--relink", "--with-deps", "-q", *stages], cwd=root, env=stage_env(),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["exit " + str(result.returncode)])[-1]
+        print(f"note: outputs not relinked to DVC's cache ({last}); `dvc checkout --relink` saves the disk of their copies")
+
+
 def command_argv(cmd: str) -> list[str]:
     """The stage command as argv: split it when that is exact, else run it with ``sh -c``."""
     return shlex.split(cmd) if not SHELL_CHARS & set(cmd) else ["/bin/sh", "-c", cmd]

@@ -138,7 +138,7 @@ def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None, n
     if jobs != 1 or peers:
         from dataclasses import replace
 
-        from secvit.orchestrate.dag import run_parallel, stale_stages
+        from secvit.orchestrate.dag import relink, run_parallel, stale_stages
 
         project = root.resolve()
         plans = stale_stages(project, stages)
@@ -149,10 +149,14 @@ def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None, n
         jobs = jobs or default_jobs()  # only now: deciding imports torch
         if jobs > 1 or peers:
             run_parallel(project, plans, jobs, project / logs_dir(profile))
+            relink(project, [p.name for p in plans])
             return root / tables_file(profile)
     result = subprocess.run([dvc_executable(), "repro", *stages], cwd=root, env=stage_env())
     if result.returncode != 0:
         raise SecvitError(f"dvc repro failed (exit {result.returncode}); the failing stage's output is above")
+    from secvit.orchestrate.dag import relink
+
+    relink(root, stages)
     return root / tables_file(profile)
 
 

@@ -53,6 +53,7 @@ from secvit.orchestrate.dag import (
     fingerprint_changes,
     fingerprints,
     lock_outs,
+    relink,
     stale_stages,
     still_changed,
 )
@@ -346,4 +347,5 @@ def repro_slurm(profile: str, root: Path = Path("."), targets: list[str] | None 
         raise scheduler.error()
     ran = len(scheduler.rows)
     console.print(f"committed {ran} stage(s) to dvc.lock, {len(scheduler.settled) - ran} found up to date; job logs in {folder}/")
+    relink(root, stages)
     return tables

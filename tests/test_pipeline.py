@@ -114,6 +114,21 @@ def test_repro_all_trains_the_ablations_and_peers(smoke_repo):
     assert (repo / f"results/smoke/pretrain/{PEER}/eval.json").is_file()
 
 
+def test_checkpoints_exist_once_on_disk(smoke_repo):
+    """Outputs are links into DVC's cache, not copies; finished runs keep what the tables and downstream stages
+    need: best.pth and a weightless last.pth (pretraining), the latest checkpoint without optimizer state (dense)."""
+    repo, _ = smoke_repo
+    checkpoints = list((repo / "runs/smoke").rglob("*.pth"))
+    assert checkpoints and all(p.stat().st_nlink >= 2 for p in checkpoints), [p for p in checkpoints if p.stat().st_nlink < 2]
+    for last in (repo / "runs/smoke/pretrain").glob("*/last.pth"):
+        assert last.stat().st_size < 1e5 and last.with_name("best.pth").stat().st_size > 1e6, last
+    for task in ("detection", "segmentation"):
+        for work in (repo / "runs/smoke" / task).iterdir():
+            assert len(list(work.glob("*.pth"))) == 1, work
+    cache = sum(p.stat().st_size for p in (repo / ".dvc/cache").rglob("*") if p.is_file() and p.stat().st_nlink == 1)
+    assert cache < 50e6, f"{cache / 1e6:.0f} MB of the cache are copies"
+
+
 def test_a_code_change_reruns_the_stages_that_run_it(smoke_repo):
     repo, _ = smoke_repo
     loaders = repo / "secvit/engine/loaders.py"
