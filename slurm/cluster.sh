@@ -29,6 +29,8 @@ PACKAGES=(slurmctld slurmd slurm-client munge)
 MUNGE_KEY=/etc/munge/munge.key
 NODE="$(hostname -s)"
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
+# shellcheck source=slurm/conf_common.sh
+source "$(dirname "$SELF")/conf_common.sh"
 
 log() { echo "cluster.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -144,32 +146,7 @@ ClusterName=secvit
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort=6817
-SlurmdPort=6818
-AuthType=auth/munge
-# Credential lifetime; also the delay before a requeued job may start again (default 120 s).
-AuthInfo=cred_expire=20
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=5,sched_interval=10
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU_Memory
-DefMemPerCPU=1024
-JobRequeue=1
-ReturnToService=2
-KillWait=5
-MinJobAge=300
-SlurmctldTimeout=30
-SlurmdTimeout=30
-MessageTimeout=10
-InactiveLimit=0
-Waittime=0
-MailProg=/bin/true
+$(common_slurm_settings 6817 6818)
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$(pidfile slurmctld)

@@ -21,6 +21,8 @@ NODES=(secvit-n1 secvit-n2)
 CTL=secvit-ctl
 HOSTS_MARK="# secvit-two-nodes"
 WAIT_S="${SECVIT_SLURM_WAIT_S:-60}"
+# shellcheck source=slurm/conf_common.sh
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/conf_common.sh"
 export SLURM_CONF="$CONF"
 
 log() { echo "two_nodes.sh: $*" >&2; }
@@ -95,31 +97,7 @@ ClusterName=secvit2
 SlurmctldHost=$CTL($NET.1)
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort=6827
-SlurmdPort=6828
-AuthType=auth/munge
-AuthInfo=cred_expire=20
-MpiDefault=none
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=5,sched_interval=10
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU_Memory
-DefMemPerCPU=1024
-JobRequeue=1
-ReturnToService=2
-KillWait=5
-MinJobAge=300
-SlurmctldTimeout=30
-SlurmdTimeout=30
-MessageTimeout=10
-InactiveLimit=0
-Waittime=0
-MailProg=/bin/true
+$(common_slurm_settings 6827 6828)
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid

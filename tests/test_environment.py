@@ -1,28 +1,21 @@
 """The pinned environment: every locked version is the installed one, and mmcv's compiled ops run."""
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 
 import pytest
 import torch
 
 
 def test_installed_versions_match_the_lockfile(repo_root):
-    pins = {}
-    for line in (repo_root / "requirements.lock").read_text().splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, _, pinned = line.strip().partition("==")
-            pins[name] = pinned.split(";")[0].strip()
-    assert len(pins) > 50
-    wrong = []
-    for name, pinned in pins.items():
-        try:
-            installed = version(name)
-        except PackageNotFoundError:
-            wrong.append(f"{name} missing")
-            continue
-        if installed.split("+")[0] != pinned.split("+")[0]:
-            wrong.append(f"{name} {installed} != {pinned}")
-    assert not wrong, wrong
+    """Every pin of requirements.lock is installed at its version (secvit doctor's own check)."""
+    from secvit.doctor import lock_mismatches, lock_pins
+
+    pins = lock_pins(repo_root / "requirements.lock")
+    assert len(pins) > 50 and pins["torch"].startswith("2.14.1")
+    assert not lock_mismatches(pins), lock_mismatches(pins)
+    assert lock_mismatches({"torch": "0.0.1", "no-such-package-x": "1.0"}) == [
+        f"torch {version('torch')} != 0.0.1", "no-such-package-x missing"
+    ]
 
 
 def test_mmcv_ops_and_openmmlab_stack():
