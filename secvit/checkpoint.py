@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from secvit.atomic import atomic_write
-from secvit.errors import SecvitError, refused_pickle
+from secvit.errors import SecvitError, refused_pickle, unsafe_globals
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -105,10 +105,11 @@ def load_file_checked(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise SecvitError(f"cannot read checkpoint {path}: {e.strerror or e}") from e
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        names = unsafe_globals(str(path))
+        if not names:  # not a refusal: a pickle of something else, or damaged
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({first[:120]})") from e
-        raise refused_pickle(f"checkpoint {path}", path) from None
+        raise refused_pickle(f"checkpoint {path}", names) from None
     except _MALFORMED as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SecvitError(f"checkpoint {path} is corrupt or not a PyTorch/safetensors file ({first[:120]})") from e

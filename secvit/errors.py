@@ -10,17 +10,22 @@ class SecvitError(Exception):
     """An error caused by the user's input, with a one-line message saying what to fix."""
 
 
-def refused_pickle(source: str, path: str | None) -> SecvitError:
-    """The error for a weights file (``path``, read as ``source``) whose pickle asks weights-only loading
-    for more than tensors and plain containers, naming what it asked for (``builtins.getattr``, a class)."""
-    names: list[str] = []
-    if path is not None:
-        import torch
+def unsafe_globals(path: str | None) -> list[str]:
+    """What the pickle of the ``torch.save`` file ``path`` asks for beyond weights-only loading's defaults
+    (``builtins.getattr``, classes); empty for a file of tensors and plain containers, or not a zip archive."""
+    if path is None:
+        return []
+    import torch
 
-        try:
-            names = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-        except Exception:  # not a zip archive written by torch.save: the loader's own message applies
-            names = []
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip archive written by torch.save: the loader's own message applies
+        return []
+
+
+def refused_pickle(source: str, names: list[str]) -> SecvitError:
+    """The error for a weights file (read as ``source``) whose pickle asks for ``names``, which
+    weights-only loading does not build."""
     asked = ", ".join(names[:3]) or "objects other than tensors"
     return SecvitError(
         f"{source} refused: its pickle asks for {asked}, which safe (weights-only) loading does not run; "

@@ -47,7 +47,8 @@ def test_two_experiments_compare_in_exp_show(tmp_path, repo_root):
     # metrics and curves are in each experiment's git commit; checkpoints only in DVC's cache
     for name, found in (("lr-low", low), ("lr-high", high)):
         committed = run(repo, "git", "show", f"refs/exps/{_ref(repo, name)}:{METRICS}").stdout
-        assert json.loads(committed) == found["metrics"]
+        scalars = {k: v for k, v in json.loads(committed).items() if not isinstance(v, list)}  # DVC shows no lists (hosts)
+        assert scalars == found["metrics"]
         files = run(repo, "git", "ls-tree", "-r", "--name-only", f"refs/exps/{_ref(repo, name)}").stdout.split()
         assert "results/smoke/pretrain/secvit_tiny/dvclive/plots/metrics/train/loss.tsv" in files
         assert not [f for f in files if f.startswith(("runs/", "data/"))]

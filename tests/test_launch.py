@@ -72,7 +72,8 @@ def test_resume_on_another_device_count_is_exact_or_refused(tmp_path, repo_root)
     for name in ("straight", "moved"):
         project = make_project(tmp_path / name, repo_root)
         params = yaml.safe_load((project / "params.yaml").read_text())
-        params["smoke"]["pretrain"].update(epochs=1, checkpoint_every_steps=1, ema=False)  # best.pth: the raw weights
+        params["smoke"]["pretrain"].update(epochs=1, ema=False)  # best.pth: the raw weights
+        params["smoke"]["pretrain_speed"].update(checkpoint_every_steps=1)
         params["smoke"]["data"]["imagenet"] = str(data)
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         projects[name] = project

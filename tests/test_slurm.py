@@ -312,6 +312,7 @@ def test_rerun_reattaches_to_a_running_job_and_an_unchanged_always_changed_stage
         "paper.pretrain": {**smoke["pretrain"], "epochs": 2},
         "paper.pretrain_speed": smoke["pretrain_speed"],
         "paper.pretrain_runs.secvit_tiny": {"drop_path": 0.0},
+        "paper.device": "cpu",  # the paper profile's stages on this CPU (they are meant for GPUs)
         "slurm.poll_s": 1.0,
         "slurm.runs": {pretrain: {"timeout_min": 7}},
     })

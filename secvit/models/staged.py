@@ -37,7 +37,7 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from secvit.errors import SecvitError, refused_pickle
+from secvit.errors import SecvitError, refused_pickle, unsafe_globals
 from secvit.models.seca import SECA, RotaryEmbedding2d
 
 __all__ = ["SEC_PAPER", "ClassifierHead", "StagedBackbone", "build", "check_image", "imagenet_cfg", "init_weights", "pad_to_multiple", "pool_layer", "seca_attend", "stage_side"]
@@ -136,7 +136,7 @@ def build(cls: type[nn.Module], variant: str, pretrained: bool, arch: Any = None
         if "weights_only=True blocked" not in str(e):
             raise
         file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
-        raise refused_pickle(f"pretrained weights of {variant} ({file or 'pretrained_cfg'})", file) from None
+        raise refused_pickle(f"pretrained weights of {variant} ({file or 'pretrained_cfg'})", unsafe_globals(file)) from None
 
 
 def init_weights(module: nn.Module) -> None:
