@@ -261,17 +261,23 @@ def prepare_config(
     return cfg
 
 
+def _checkpoints(work_dir: str | Path) -> list[tuple[str, int, str]]:
+    """``(kind, number, path)`` of the work dir's ``epoch_N.pth`` / ``iter_N.pth`` checkpoints."""
+    found = []
+    for path in Path(work_dir).glob("*.pth"):
+        kind, _, number = path.stem.partition("_")
+        if kind in ("epoch", "iter") and number.isdigit():
+            found.append((kind, int(number), str(path)))
+    return found
+
+
 def latest_checkpoint(work_dir: str | Path) -> str | None:
     """The work dir's checkpoint of the furthest epoch or iteration (``epoch_N.pth`` / ``iter_N.pth``).
 
     Checkpoints are renamed into place whole, so any of them is complete; mmengine's own pointer file
     (``last_checkpoint``) is written after the checkpoint and would miss one a kill fell between.
     """
-    found = []
-    for path in Path(work_dir).glob("*.pth"):
-        kind, _, number = path.stem.partition("_")
-        if kind in ("epoch", "iter") and number.isdigit():
-            found.append((kind, int(number), str(path)))
+    found = _checkpoints(work_dir)
     if len({kind for kind, _, _ in found}) > 1:  # an epoch-based run stopped mid-epoch: compare iterations done
         from secvit.downstream.hooks import load_own_checkpoint
 
@@ -294,10 +300,9 @@ def finish_checkpoints(work_dir: str | Path) -> None:
         checkpoint.pop("optimizer", None)
         checkpoint.pop("param_schedulers", None)
         atomic_save(checkpoint, latest)
-    for path in Path(work_dir).glob("*.pth"):
-        kind, _, number = path.stem.partition("_")
-        if kind in ("epoch", "iter") and number.isdigit() and str(path) != latest:
-            path.unlink()
+    for _, _, path in _checkpoints(work_dir):
+        if path != latest:
+            Path(path).unlink()
 
 
 def run(cfg: Any) -> dict[str, float]:
