@@ -138,16 +138,20 @@ def train(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).", show_default=False)] = None,
     out: Annotated[Path, typer.Option(help="Where the rates go; `secvit plan` reads this file by default.")] = Path("runs/bench/throughput.json"),
     params: Annotated[Path, typer.Option(help="The params file.")] = Path("params.yaml"),
+    threads: Annotated[int | None, typer.Option(help="CPU threads, as each stage gets them (`secvit repro --jobs N`: cores / N).",
+                                                show_default=False)] = None,
 ) -> None:
     """Measure this device's training and evaluation rates (GFLOPs/s) and a stage's start-up for `secvit plan`."""
     from secvit.orchestrate.plan import measure, save_throughput
 
+    _threads(threads)
     rate = measure(profile, model, params, steps=steps, device=device)
     save_throughput(rate, out)
+    curve = ", ".join(f"{r:,.1f} GFLOPs/s at {g:.2g} GFLOPs/image" for g, r in rate.eval_curve)
     console.print(
         f"{rate.device}: training {rate.train_gflops_per_s:,.1f} GFLOPs/s ({rate.measured['train_images_per_s']:.1f} img/s), "
-        f"evaluation {rate.eval_gflops_per_s:,.1f} GFLOPs/s, start-up {rate.startup_s:.1f} s, checkpoints "
-        f"{rate.checkpoint_gb_per_s:.2f} GB/s -> {out}"
+        f"evaluation {curve or f'{rate.eval_gflops_per_s:,.1f} GFLOPs/s'}, start-up {rate.startup_s:.1f} s "
+        f"(+{rate.dense_startup_s:.1f} s for detection and segmentation), checkpoints {rate.checkpoint_gb_per_s:.2f} GB/s -> {out}"
     )
 
 

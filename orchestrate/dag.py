@@ -29,6 +29,9 @@ from secvit.errors import SecvitError
 from secvit.orchestrate.slurm import stage_env
 
 SHELL_CHARS = set(";&|<>$`\\\"'*?(){}[]~#\n")
+#: The wall time of each stage that the local runner completed, in its logs directory: what
+#: ``secvit plan --ran`` sets beside its estimates.
+STAGE_TIMES = "stage_times.json"
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,35 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text[-lines:])
 
 
+def record_time(logs: Path, stage: str, seconds: float, cpu_seconds: float | None, jobs: int, threads: int) -> None:
+    """Add a completed stage's wall time and its process's CPU time (user + system; on an idle machine, a
+    one-thread stage's wall time), the stages allowed at once and each one's threads to ``logs/stage_times.json``."""
+    import json
+
+    path = logs / STAGE_TIMES
+    try:
+        times = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        times = {}
+    times[stage] = {"seconds": round(seconds, 2), "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 2),
+                    "jobs": jobs, "threads": threads}
+    path.write_text(json.dumps(times, indent=1, sort_keys=True))
+
+
+def _poll(process: subprocess.Popen) -> tuple[int | None, float | None]:
+    """(exit code, CPU seconds of the process and the children it waited for) once it has exited, else (None, None)."""
+    if process.returncode is not None:
+        return process.returncode, None
+    try:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+    except ChildProcessError:  # reaped elsewhere
+        return process.poll(), None
+    if pid == 0:
+        return None, None
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
+    return process.returncode, usage.ru_utime + usage.ru_stime
+
+
 def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> None:
     """Run ``plans`` (from :func:`stale_stages`) as up to ``jobs`` local processes at once, each
     once its upstream stages are committed (a conditional one only if they changed its
@@ -271,7 +303,7 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
         running[plan.name] = _Running(plan, process, log, path)
         console.print(f"[cyan]started[/] {plan.name}", f"[dim]({os.path.relpath(path)})", soft_wrap=True)
 
-    def finish(name: str, returncode: int) -> None:
+    def finish(name: str, returncode: int, cpu_seconds: float | None = None) -> None:
         run = running.pop(name)
         run.log.close()
         seconds = time.monotonic() - run.started
@@ -283,6 +315,7 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
                 failed.append(name)
             else:
                 committed.add(name)
+                record_time(logs, name, seconds, cpu_seconds, jobs, int(env["OMP_NUM_THREADS"]))
                 console.print(f"[green]done[/] {name} in {seconds:.0f} s")
                 return
         else:
@@ -308,9 +341,9 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
                     pending.remove(plan)
                     start(plan)
                 for name, run in list(running.items()):
-                    code = run.process.poll()
+                    code, cpu_seconds = _poll(run.process)
                     if code is not None:
-                        finish(name, code)
+                        finish(name, code, cpu_seconds)
                 status.update(
                     f"{len(committed)}/{len(plans)} stages done, running: {', '.join(running) or '-'} "
                     f"({time.monotonic() - began:.0f} s)"

@@ -6,10 +6,14 @@ settings (or on this machine's devices), then totals them, per paper table and f
 
 The model, per stage process::
 
-    wall  = startup + (train + eval) / devices + checkpoints
-    train = trained images x GFLOPs(image) / train rate      (one forward + backward + step each)
-    eval  = evaluated images x GFLOPs(image) / eval rate      (forward only)
+    wall  = startup + (train + eval + counts) / devices + checkpoints
+    train = trained images x GFLOPs(image) / train rate(GFLOPs(image))    (one forward + backward + step each)
+    eval  = evaluated images x GFLOPs(image) / eval rate(GFLOPs(image))   (forward only)
+    counts = the stage's fvcore FLOP counts (complexity, and each dense stage's whole model)
     device-hours = devices x wall / 3600
+
+A rate depends on the work per image where it was measured at several sizes (a CPU runs 32-pixel
+images far below its 224-pixel rate); GPU defaults are one rate.
 
 GFLOPs are fvcore counts of one image's forward pass (one multiply-add = one FLOP, every op
 counted: ``secvit.complexity``) of the model at the stage's image size; for detectors and
@@ -39,6 +43,9 @@ from secvit.params import check_profile, load_params, profile_section, section
 
 #: Where ``secvit bench train`` writes its measurement and ``secvit plan`` looks for one.
 THROUGHPUT_FILE = Path("runs/bench/throughput.json")
+#: The second image size at which ``secvit bench train`` times evaluation (the complexity stage's
+#: and table 2's), besides the recipe's: :attr:`Throughput.eval_curve`.
+CURVE_SIZE = 224
 #: Where measured FLOPs are cached (keyed by model, options, size and the models' source).
 FLOPS_CACHE = Path("runs/bench/flops.json")
 
@@ -69,6 +76,29 @@ class Throughput:
     startup_s: float  # a stage process's start: imports, model build, data checks
     checkpoint_gb_per_s: float  # writing checkpoints
     measured: dict[str, Any] = field(default_factory=dict)  # the raw measurement, if any
+    #: (GFLOPs of one image, evaluation GFLOPs/s) measured at several image sizes: a CPU runs small
+    #: images far below its large-image rate (per-step overheads); empty: one rate for every size
+    eval_curve: list[list[float]] = field(default_factory=list)
+    dense_startup_s: float = 0.0  # what a detection or segmentation process adds: mmdet, mmseg, mmengine
+
+    def eval_rate(self, gflops: float) -> float:
+        """Evaluation GFLOPs/s for images of ``gflops`` each: the measured curve, interpolated
+        log-log between its points and held beyond them; without a curve the one rate."""
+        points = sorted(self.eval_curve)
+        if len(points) < 2 or gflops <= 0:
+            return self.eval_gflops_per_s
+        if gflops <= points[0][0]:
+            return points[0][1]
+        for (g0, r0), (g1, r1) in zip(points, points[1:]):
+            if gflops <= g1:
+                t = math.log(gflops / g0) / math.log(g1 / g0) if g1 > g0 else 1.0
+                return math.exp(math.log(r0) + t * math.log(r1 / r0))
+        return points[-1][1]
+
+    def train_rate(self, gflops: float) -> float:
+        """Training GFLOPs/s for images of ``gflops`` each: the measured training rate, scaled
+        with image size as evaluation scales (training was measured at the recipe's size only)."""
+        return self.train_gflops_per_s * self.eval_rate(gflops) / self.eval_rate(self.measured.get("gflops_per_image", 0.0))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -352,6 +382,7 @@ def _schedule(task: str, pattern: str, model: str, overrides: dict[str, Any]) ->
     return {
         "by_epoch": by_epoch, "length": length, "val_every": s.val_every or cfg["val_interval"],
         "batch_per_device": s.batch_per_device or cfg["batch_size"], "image_scale": s.image_scale,
+        "global_batch": s.global_batch or cfg["recipe_batch"],  # what iteration-based runs keep at any device count
     }
 
 
@@ -372,6 +403,7 @@ def _config(path: str) -> dict[str, Any]:
         _CONFIGS[path] = {
             "type": loop.get("type", "EpochBasedTrainLoop"), "max_epochs": loop.get("max_epochs"), "max_iters": loop.get("max_iters"),
             "val_interval": loop.get("val_interval", 1), "batch_size": cfg.train_dataloader.batch_size,
+            "recipe_batch": (cfg.get("auto_scale_lr") or {}).get("base_batch_size"),
         }
     return _CONFIGS[path]
 
@@ -379,15 +411,21 @@ def _config(path: str) -> dict[str, Any]:
 #: The dense settings' reference input (height, width) of the paper's FLOPs: detectors at 1280x800
 #: (tables 3-4 do not say; the common convention), segmentors as params.yaml `flops_size`.
 DETECTION_SIZE = (800, 1280)
+#: One fvcore FLOP count costs a forward pass plus this many seconds of tracing every op in Python
+#: (SecViT-T at 224 and 448 and SecViT-S at 224, 2026-12-06, EPYC host: 2.0-2.1 s; CPU-side, as on a GPU node).
+FVCORE_TRACE_S = 2.0
+#: The recipes' image sizes (mmdet's and mmseg's base configs): detection resizes into 1333x800, ADE20K
+#: into 2048x512 and trains on 512x512 crops. Real images are taken as 4:3 (COCO's and ADE20K's typical).
+DETECTION_SCALE, SEGMENTATION_SCALE, SEGMENTATION_CROP, REAL_ASPECT = (1333, 800), (2048, 512), 512, 4 / 3
 #: Test-time cost of the multi-scale + flip test relative to one single-scale test: 6 scales
 #: (0.5-1.75, mean area 1.45x) x 2 flips.
 MS_FLIP_FACTOR = 2 * (0.5**2 + 0.75**2 + 1 + 1.25**2 + 1.5**2 + 1.75**2) / 6
 
 
-def _dense_gflops(table: str, setting: dict[str, str], model: str, ref: tuple[int, int], flops: Flops) -> float:
+def _dense_gflops(table: str, setting: dict[str, str], model: str, ref: tuple[int, int], row_ref: tuple[int, int], flops: Flops) -> float:
     """Whole-model GFLOPs of a detector or segmentor at ``ref``: the paper's printed figure for
     our model in this setting, else the backbone scaled from 224x224 plus the setting's non-backbone
-    share of the paper's SecViT-S row."""
+    share of the paper's SecViT-S row (printed at ``row_ref``), scaled to ``ref``."""
     from secvit.tables.paper import paper_value
 
     try:
@@ -396,9 +434,28 @@ def _dense_gflops(table: str, setting: dict[str, str], model: str, ref: tuple[in
         printed = None
     if printed is not None:
         return float(printed)
-    ratio = ref[0] * ref[1] / 224**2
-    head = float(paper_value(table, "secvit_small", "gflops", setting)) - flops("secvit_small", 224)[0] * ratio
-    return flops(model, 224)[0] * ratio + max(head, 0.0)
+    row_area = row_ref[0] * row_ref[1]
+    head = float(paper_value(table, "secvit_small", "gflops", setting)) - flops("secvit_small", 224)[0] * row_area / 224**2
+    area = ref[0] * ref[1]
+    return flops(model, 224)[0] * area / 224**2 + max(head, 0.0) * area / row_area
+
+
+def _fit(height: float, width: float, scale: tuple[int, int]) -> float:
+    """The area of a ``height x width`` image resized, keeping its ratio, to fit ``scale`` (long, short side)."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return height * width * factor**2
+
+
+def _dense_areas(task: str, generated: dict[str, Any] | None, image_scale: float) -> tuple[float, float]:
+    """Pixels of one test image and of one training image as a dense stage sees them: the recipe's
+    resize (scaled by ``image_scale``) of the generated images, or of a typical 4:3 real image; the
+    segmentation recipe trains on crops."""
+    base = DETECTION_SCALE if task == "detection" else SEGMENTATION_SCALE
+    scale = (round(base[0] * image_scale), round(base[1] * image_scale))
+    height, width = generated["size"] if generated else (3.0, 3.0 * REAL_ASPECT)
+    test = _fit(height, width, scale)
+    train = test if task == "detection" else min(test, (SEGMENTATION_CROP * image_scale) ** 2)
+    return test, train
 
 
 def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Throughput | None = None, executor: str = "local",
@@ -431,9 +488,13 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         return only is None or any(fnmatchcase(stage, pattern) for pattern in only)
 
     def add(stage: str, kind: str, tables: list[str], peer: bool, upstream: list[str], gflops: float, train: int, evals: int,
-            checkpoint_bytes: float = 0.0, startup: float | None = None, train_rate: float | None = None) -> None:
+            checkpoint_bytes: float = 0.0, startup: float | None = None, eval_gflops: float | None = None, extra_s: float = 0.0) -> None:
+        """``train`` images of ``gflops`` each trained, ``evals`` of ``eval_gflops`` (default: ``gflops``)
+        evaluated, plus ``extra_s`` device-seconds of other work (FLOP counts)."""
         r = res(kind)
-        compute = train * gflops / (train_rate or rate.train_gflops_per_s) + evals * gflops / rate.eval_gflops_per_s
+        eval_gflops = gflops if eval_gflops is None else eval_gflops
+        compute = extra_s + (train * gflops / rate.train_rate(gflops) if train else 0.0) \
+            + (evals * eval_gflops / rate.eval_rate(eval_gflops) if evals else 0.0)
         stages.append(StagePlan(
             stage, kind, tables, peer, upstream, gflops, train, evals, r.devices if compute else 1, r.kind if compute else "CPU",
             rate.startup_s if startup is None else startup, compute, checkpoint_bytes / 1e9 / rate.checkpoint_gb_per_s, r.timeout_min,
@@ -444,11 +505,19 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         if wanted(name):
             add(name, "data", [], False, [], 0.0, 0, 0)
 
-    # complexity: each model's FLOPs and its inference throughput at the profile's batch
+    # complexity: a FLOP count (fvcore traces one forward pass) of each model, sweep setting and ablation,
+    # and the inference throughput of each model at the profile's batch
     cx = profile_section(params, profile, "complexity")
     if wanted(f"complexity@{profile}"):
-        timed = sum((cx["throughput_steps"] + cx["throughput_warmup"]) * cx["throughput_batch"] * flops(m, cx["img_size"])[0] for m in cx["models"])
-        add(f"complexity@{profile}", "complexity", ["table2", "table8"], False, [], 1.0, 0, int(timed))
+        sweep, ablations = sweep_config(params_path), ablation_config(params_path)
+        counted = [(m, {}) for m in cx["models"]] + [(sweep.model, {"clusters": parse_clusters(c)}) for c in sweep.clusters]
+        counted += [(ablations.model, ablation_options(v, ablations.model)) for v in ablations.variants]
+        seconds = 0.0
+        for model, options in counted:
+            g = flops(model, cx["img_size"], options)[0]
+            timed = (cx["throughput_steps"] + cx["throughput_warmup"]) * cx["throughput_batch"] if not options and cx["throughput_steps"] else 0
+            seconds += FVCORE_TRACE_S + (1 + timed) * g / rate.eval_rate(g)
+        add(f"complexity@{profile}", "complexity", ["table2", "table8"], False, [], 0.0, 0, 0, extra_s=seconds)
 
     def pretrain_stage(stage: str, model: str, run: str, options: dict[str, Any], tables: list[str], upstream: list[str]) -> None:
         if not wanted(stage):
@@ -496,26 +565,24 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
             return
         settings = profile_section(params, profile, task)
         sched = _schedule(task, pattern, model, settings["overrides"])
-        devices = res("detect" if task == "detection" else "segment").devices
-        if task == "detection":
-            ref, train_area = DETECTION_SIZE, DETECTION_SIZE[0] * DETECTION_SIZE[1]
-        else:
-            ref = tuple(settings["flops_size"].get(model, settings["flops_size"]["default"]))
-            train_area = 512 * 512  # the recipes' training crop
-        full = _dense_gflops(table, setting, model, ref, flops) * sched["image_scale"] ** 2
-        train_gflops = full * train_area / (ref[0] * ref[1])
+        row_ref = DETECTION_SIZE if task == "detection" else tuple(settings["flops_size"]["default"])
+        ref = DETECTION_SIZE if task == "detection" else tuple(settings["flops_size"].get(model, row_ref))
+        at_ref = _dense_gflops(table, setting, model, ref, row_ref, flops)  # the whole model on one image of the reference size
+        per_pixel = at_ref / (ref[0] * ref[1])
+        test_area, train_area = _dense_areas(task, (data.get("generate") or {}).get(dataset), sched["image_scale"])
         train_n, val_n = _count(data, dataset, "train"), _count(data, dataset, "val")
         if sched["by_epoch"]:
             trained = sched["length"] * train_n
-        else:
-            trained = sched["length"] * sched["batch_per_device"] * devices
+        else:  # iterations of the global batch, on any device count (secvit.downstream.run._set_batch)
+            trained = sched["length"] * sched["global_batch"]
         tests = sched["length"] // sched["val_every"] + 1 + (MS_FLIP_FACTOR if settings.get("ms_flip") else 0)
         weights = str(run.get("weights", ""))
         upstream = [data_stages[dataset]] + [p for m, p in plain.items() if weights == f"runs/{profile}/pretrain/{m}/best.pth"]
         peer = is_peer(model, families)
-        # the stage trains at train_gflops per image and tests at the full size: express both in train_gflops
-        add(stage, "detect" if task == "detection" else "segment", ["peers" if peer else table], peer, upstream, train_gflops,
-            trained, int(val_n * tests * full / train_gflops))
+        # and the stage's own FLOP count of the whole model at the reference size (metrics.json's gflops)
+        add(stage, "detect" if task == "detection" else "segment", ["peers" if peer else table], peer, upstream,
+            per_pixel * train_area, trained, int(val_n * tests), startup=rate.startup_s + rate.dense_startup_s,
+            eval_gflops=per_pixel * test_area, extra_s=FVCORE_TRACE_S + at_ref / rate.eval_rate(at_ref))
 
     for key, run in (params.get("detection_runs") or {}).items():
         if run["profile"] == profile:
@@ -540,10 +607,15 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
     assumptions = [
         f"rates: {rate.device}: training {rate.train_gflops_per_s:,.0f} GFLOPs/s, evaluation {rate.eval_gflops_per_s:,.0f} GFLOPs/s per device "
         f"({rate.source})",
-        f"per stage: {rate.startup_s:.0f} s start-up; checkpoints (weights, EMA, AdamW moments, float32) at {rate.checkpoint_gb_per_s:g} GB/s",
-        "GFLOPs: fvcore count of one image's forward pass, all ops (secvit.complexity); training an image costs its forward GFLOPs at the training rate",
+        f"per stage: {rate.startup_s:.0f} s start-up ({rate.startup_s + rate.dense_startup_s:.0f} s for detection and segmentation); checkpoints (weights, EMA, AdamW moments, float32) at {rate.checkpoint_gb_per_s:g} GB/s",
+        "GFLOPs: fvcore count of one image's forward pass, all ops (secvit.complexity); training an image costs its forward GFLOPs at the training rate"
+        + ("; rates follow the image's GFLOPs along the measured curve (small images run below a CPU's rate)" if rate.eval_curve else ""),
         "detection/segmentation: the paper's printed whole-model GFLOPs (tables 3-5) where printed, else backbone scaled from 224x224 plus the "
-        f"setting's head share of SecViT-S; detectors at {DETECTION_SIZE[1]}x{DETECTION_SIZE[0]}, segmentors trained on 512x512 crops",
+        f"setting's head share of SecViT-S, at its reference size (detectors {DETECTION_SIZE[1]}x{DETECTION_SIZE[0]}), per pixel of the images "
+        f"as the recipe resizes them (into {DETECTION_SCALE[0]}x{DETECTION_SCALE[1]} / {SEGMENTATION_SCALE[0]}x{SEGMENTATION_SCALE[1]}, real "
+        f"images 4:3, the profile's image_scale) and of {SEGMENTATION_CROP}x{SEGMENTATION_CROP} training crops; iteration schedules keep the "
+        "global batch on any device count; each dense stage and the complexity stage count FLOPs with fvcore "
+        f"(a forward pass plus {FVCORE_TRACE_S:g} s of tracing)",
         "devices: " + ("each stage kind's SLURM settings (params.yaml slurm:)" if executor == "slurm" else "this machine's visible devices")
         + "; wall time assumes perfect scaling over the devices and no queueing",
         "data, tables and figures stages count start-up only (no device work)",
@@ -626,6 +698,30 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
             step()
         sync()
         timings[name] = steps * batch / (time.perf_counter() - tic)
+    # evaluation at the complexity stage's size too (small images run far below a CPU's rate)
+    flops_of = Flops(params_path.parent / FLOPS_CACHE)
+    gflops, _ = flops_of(model, cfg.img_size)
+    curve = [[gflops, timings["eval"] * gflops]]
+    if cfg.img_size != CURVE_SIZE:
+        large = torch.randn(min(batch, 8), 3, CURVE_SIZE, CURVE_SIZE, device=dev)
+        if cfg.channels_last:
+            large = large.contiguous(memory_format=torch.channels_last)
+        training.model.eval()
+        with torch.no_grad(), autocast(dev, dtype):
+            training.model(large)
+            sync()
+            tic = time.perf_counter()
+            for _ in range(2):
+                training.model(large)
+            sync()
+        curve.append([flops_of(model, CURVE_SIZE)[0], 2 * len(large) * flops_of(model, CURVE_SIZE)[0] / (time.perf_counter() - tic)])
+    tic = time.perf_counter()
+    import mmdet.models  # noqa: F401 - what a detection or segmentation stage imports besides ours
+    import mmengine.runner  # noqa: F401
+    import mmseg.models  # noqa: F401
+
+    dense_startup = time.perf_counter() - tic
+    flops_of.save()
     state = {"model": training.model.state_dict(), "model_ema": training.ema.module.state_dict() if training.ema else None,
              "optimizer": training.optimizer.state_dict()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -634,7 +730,6 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
         atomic_save(state, path)
         seconds = time.perf_counter() - tic
         size = path.stat().st_size
-    gflops, _ = Flops(params_path.parent / FLOPS_CACHE)(model, cfg.img_size)
     from secvit.bench import environment
 
     host = environment(dev)
@@ -648,7 +743,7 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
     return Throughput(
         name, f"measured by `secvit bench train --profile {profile} --model {model}` ({steps} steps of batch {batch} at "
         f"{cfg.img_size}px, synthetic data)",
-        timings["train"] * gflops, timings["eval"] * gflops, startup, size / 1e9 / max(seconds, 1e-6), measured,
+        timings["train"] * gflops, timings["eval"] * gflops, startup, size / 1e9 / max(seconds, 1e-6), measured, curve, dense_startup,
     )
 
 

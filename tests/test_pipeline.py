@@ -89,6 +89,26 @@ def test_repro_all_fills_detection_and_segmentation(smoke_repo):
     assert cells[:3] == [f"– / {peer['params_m']:.2f}", f"– / {peer['gflops']:.2f}", f"– / {peer['miou']:.2f}"]
 
 
+def test_plan_predicts_every_stage_within_2x(smoke_repo):
+    """`secvit bench train` measures this CPU with the threads each stage got (one); `secvit plan` then predicts
+    the time of every stage that the smoke run above ran, within a factor of two (orchestrate/plan.py). A stage's
+    time is its process's CPU time: with one thread, its wall time on an idle machine; its wall time here also
+    holds its waits for the stage beside it and for the other test worker."""
+    repo, _ = smoke_repo
+    ran = json.loads((repo / "runs/smoke/logs/stage_times.json").read_text())  # written by the side-by-side runner
+    assert {(t["jobs"], t["threads"]) for t in ran.values()} == {(2, 1)}
+    run(repo, "secvit", "bench", "train", "--profile", "smoke", "--model", "secvit_tiny", "--steps", "4", "--threads", "1")
+    plan = json.loads(run(repo, "secvit", "plan", "--profile", "smoke", "--executor", "local", "--json").stdout)
+    assert plan["throughput"]["source"].startswith("measured by `secvit bench train")
+    planned = {s["stage"]: s["wall_s"] for s in plan["stages"]}
+    kinds = {name.split("@")[0].removeprefix("data-smoke") or "data" for name in ran}
+    assert {"data", "complexity", "pretrain", "evaluate", "sweep", "ablate", "detect", "segment", "tables", "figures"} <= kinds
+    print("\n".join(f"{name}: {t['cpu_seconds']:.1f} CPU-s ({t['seconds']:.1f} s wall), planned {planned[name]:.1f} s"
+                    for name, t in sorted(ran.items())))
+    ratios = {name: t["cpu_seconds"] / planned[name] for name, t in ran.items()}
+    assert all(0.5 <= r <= 2 for r in ratios.values()), {n: round(r, 2) for n, r in ratios.items() if not 0.5 <= r <= 2}
+
+
 def _cells(tables: str, model: str, after: str = "") -> list[str]:
     """The cells after the model cell of the first table row for ``model`` below the first line holding ``after``."""
     lines = tables.splitlines()

@@ -1,6 +1,6 @@
 """`secvit plan`: the study's device-hours before it runs (orchestrate/plan.py), checked against its own
 rules (FLOPs x images / rate, devices from the SLURM settings, the peers switch). The check against a real
-smoke stage's time is in test_pretrain.py, beside the smoke run it times."""
+smoke run's stage times is in test_pipeline.py, beside the smoke run it times."""
 
 import pytest
 import yaml
@@ -63,11 +63,15 @@ def test_paper_stages_under_slurm_settings(tmp_path, repo_root, flops):
     assert pre.wall_s == pytest.approx(pre.device_hours * 3600 / 16)
     assert pre.jobs == -(-pre.wall_s // (1440 * 60))  # one job per time limit, each resuming the last
     assert by["evaluate@paper-secvit_tiny"].devices == 1
-    # the paper's own printed detector and segmentor FLOPs for SecViT-T (tables 4, 5)
-    assert by["detect@paper-secvit_tiny-mask_rcnn-1x"].gflops_per_image == 221
-    assert by["detect@paper-secvit_tiny-retinanet-1x"].gflops_per_image == 202
+    # the paper's own printed detector and segmentor FLOPs for SecViT-T (tables 4, 5: 1280x800, 512x512), per
+    # pixel, on a 4:3 image resized into 1333x800 (1067x800), and on ADE20K's 512x512 training crops
+    assert by["detect@paper-secvit_tiny-mask_rcnn-1x"].gflops_per_image == pytest.approx(221 * 1067 / 1280, rel=1e-3)
+    assert by["detect@paper-secvit_tiny-retinanet-1x"].gflops_per_image == pytest.approx(202 * 1067 / 1280, rel=1e-3)
     fpn = by["segment@paper-secvit_tiny-semantic_fpn"]
     assert fpn.gflops_per_image == 34 and fpn.train_images == 80000 * 16  # 80k iterations x 8 GPUs x 2 images
+    _edit(project, **{"slurm.stages.segment": {"gpus_per_node": 2}})  # the global batch is kept on 2 GPUs (accumulation)
+    two = plan("paper", project / "params.yaml", a100, "slurm", flops, only=["segment@paper-secvit_tiny-semantic_fpn"])
+    assert two.stages[0].train_images == fpn.train_images and two.stages[0].wall_s > 3.5 * fpn.wall_s
     assert by["detect@paper-secvit_tiny-mask_rcnn-1x"].train_images == 12 * 118287
     assert fpn.upstream == ["data-paper@ade20k", "pretrain@paper-secvit_tiny"]
     # per table: table 4 alone, and with the pretraining it needs
@@ -129,12 +133,18 @@ def test_peers_switch_names_real_stages(tmp_path, repo_root):
     assert smoke | paper <= set(listed)
 
 
-def test_repro_all_leaves_the_peers_stages_out(tmp_path, repo_root, monkeypatch):
-    """With `peers.smoke: false`, `secvit repro all` hands the DAG runner the stale stages without the
-    peers' (DVC's stale-stage list and the runner are replaced here; tests/test_pipeline.py runs them for real)."""
+class _Submitted(Exception):
+    """Raised by the stand-in SLURM scheduler with the stages it was handed."""
+
+
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_repro_all_leaves_the_peers_stages_out(tmp_path, repo_root, monkeypatch, executor):
+    """With `peers.smoke: false`, `secvit repro all` hands the DAG runner, or the SLURM scheduler, the stale
+    stages without the peers' (DVC's stale-stage list, the runner and the scheduler are replaced here;
+    tests/test_pipeline.py and tests/test_slurm.py run them for real)."""
     import shutil
 
-    from secvit.orchestrate import dag, repro
+    from secvit.orchestrate import dag, repro, slurm_dag
     from secvit.orchestrate.dag import StalePlan
 
     project = make_project(tmp_path, repo_root)
@@ -145,10 +155,21 @@ def test_repro_all_leaves_the_peers_stages_out(tmp_path, repo_root, monkeypatch)
              StalePlan("pretrain@smoke-stvit_small", "secvit pretrain", project, ()),
              StalePlan("segment@smoke-stvit_small-semantic_fpn", "secvit segment", project, ("pretrain@smoke-stvit_small",)),
              StalePlan("tables@smoke", "secvit tables", project, ("pretrain@smoke-secvit_tiny", "pretrain@smoke-stvit_small"))]
-    ran = []
     monkeypatch.setattr(dag, "stale_stages", lambda root, targets: stale)
-    monkeypatch.setattr(dag, "run_parallel", lambda root, plans, jobs, logs: ran.append((plans, jobs)))
-    repro.repro_local("smoke", project, jobs=1)
-    (plans, jobs), = ran
-    assert jobs == 1 and [p.name for p in plans] == ["pretrain@smoke-secvit_tiny", "tables@smoke"]
+    if executor == "local":
+        ran = []
+        monkeypatch.setattr(dag, "run_parallel", lambda root, plans, jobs, logs: ran.append((plans, jobs)))
+        repro.repro_local("smoke", project, jobs=1)
+        (plans, jobs), = ran
+        assert jobs == 1
+    else:
+        def scheduler(root, profile, plans, *rest):
+            raise _Submitted(plans)
+
+        monkeypatch.setattr(slurm_dag, "require_slurm", lambda: None)
+        monkeypatch.setattr(slurm_dag, "Scheduler", scheduler)
+        with pytest.raises(_Submitted) as submitted:
+            slurm_dag.repro_slurm("smoke", project)
+        plans, = submitted.value.args
+    assert [p.name for p in plans] == ["pretrain@smoke-secvit_tiny", "tables@smoke"]
     assert plans[1].upstream == ("pretrain@smoke-secvit_tiny",)  # the tables wait for the stages that run

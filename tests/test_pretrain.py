@@ -155,9 +155,7 @@ def smoke(tmp_path_factory, repo_root):
     assert secvit(project, "data", "--profile", "smoke", "--dataset", "imagenet").returncode == 0
     corrupt = project / "data/smoke/imagenet/train/n01441764/n01441764_999.JPEG"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    tic = time.perf_counter()
     result = secvit(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny")
-    (project / "pretrain_seconds.txt").write_text(str(time.perf_counter() - tic))  # the stage's wall time (test_plan_predicts...)
     assert result.returncode == 0, result.stderr[-2000:]
     yield project
     shutil.rmtree(project, ignore_errors=True)
@@ -184,21 +182,6 @@ def test_smoke_run_learns_and_reports(smoke):
     assert all(record[k] is None for k in ("model", "model_ema", "optimizer", "scheduler"))
     assert (run / "last.pth").stat().st_size < 1e5
     assert not list(run.glob("*.tmp"))
-
-
-def test_plan_predicts_the_smoke_pretraining_stage_within_2x(smoke):
-    """`secvit bench train` measures this CPU; `secvit plan` then predicts the wall time of the smoke
-    pretraining stage timed above within a factor of two (orchestrate/plan.py)."""
-    bench = secvit(smoke, "bench", "train", "--profile", "smoke", "--model", "secvit_tiny", "--steps", "4")
-    assert bench.returncode == 0, bench.stderr[-2000:]
-    out = secvit(smoke, "plan", "--profile", "smoke", "--executor", "local", "--json", "--stage", "pretrain@smoke-secvit_tiny")
-    assert out.returncode == 0, out.stderr[-2000:]
-    plan = json.loads(out.stdout)
-    assert plan["throughput"]["source"].startswith("measured by `secvit bench train")
-    (stage,) = plan["stages"]
-    ran = float((smoke / "pretrain_seconds.txt").read_text())
-    print(f"pretrain@smoke-secvit_tiny: ran {ran:.1f} s, planned {stage['wall_s']:.1f} s")
-    assert 0.5 <= ran / stage["wall_s"] <= 2, f"ran {ran:.1f} s, planned {stage['wall_s']:.1f} s"
 
 
 def test_evaluate_checkpoint(smoke):
