@@ -236,7 +236,8 @@ def _interval(job_id: str) -> tuple[float, float]:
 
 def test_dag_runs_stale_stages_in_parallel_and_commits_them(scratch):
     repo = scratch()
-    from secvit.orchestrate.slurm_dag import repro_slurm, stale_stages
+    from secvit.orchestrate.dag import stale_stages
+    from secvit.orchestrate.slurm_dag import repro_slurm
 
     assert {p.name for p in stale_stages(repo, DAG_TARGETS)} == DAG_STAGES == set(dvc_status(repo, DAG_TARGETS))
     # Submit from a first orchestrator, interrupt it once every job is queued, then re-attach.
