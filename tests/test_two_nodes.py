@@ -41,8 +41,9 @@ def project(dest: Path, stage: dict, data: Path) -> Path:
     return scratch_repo(ROOT, dest, untracked=True, params=params)
 
 
-def _weights(repo: Path) -> dict[str, torch.Tensor]:
-    return torch.load(repo / "runs/smoke/pretrain/secvit_tiny/last.pth", map_location="cpu", weights_only=True)["model"]
+def _best(repo: Path) -> dict:
+    """The finished run's weights: best.pth (a finished run's last.pth is its record, without weights)."""
+    return torch.load(repo / "runs/smoke/pretrain/secvit_tiny/best.pth", map_location="cpu", weights_only=True)
 
 
 def test_pretraining_across_two_nodes_equals_two_tasks_on_one(tmp_path):
@@ -61,7 +62,9 @@ def test_pretraining_across_two_nodes_equals_two_tasks_on_one(tmp_path):
     assert a["world_size"] == b["world_size"] == 2 and a["micro_batch"] == 16 and a["accumulation"] == 1
     assert a["hosts"] == ["secvit-n1", "secvit-n2"]  # rank 0 on the first node, rank 1 on the second
     assert len(set(b["hosts"])) == 1
-    wa, wb = _weights(spread), _weights(packed)
+    best_a, best_b = _best(spread), _best(packed)
+    assert best_a["weights"] == best_b["weights"] and best_a["epoch"] == best_b["epoch"] == 1
+    wa, wb = best_a["model"], best_b["model"]
     assert wa.keys() == wb.keys()
     for key, value in wa.items():
         assert torch.equal(value, wb[key]), key
