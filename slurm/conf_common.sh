@@ -6,7 +6,7 @@ SlurmctldPort=$1
 SlurmdPort=$2
 AuthType=auth/munge
 # Credential lifetime; also the delay before a requeued job may start again (default 120 s; at 10 s a
-# requeued job restarted 11 s after `scontrol requeue` here).
+# requeued job restarted 11 s after scontrol requeue here).
 AuthInfo=cred_expire=10
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
