@@ -29,8 +29,8 @@ from secvit.errors import SecvitError
 from secvit.orchestrate.slurm import stage_env
 
 SHELL_CHARS = set(";&|<>$`\\\"'*?(){}[]~#\n")
-#: The wall time of each stage that the local runner completed, in its logs directory: what
-#: ``secvit plan --ran`` sets beside its estimates.
+#: The wall and CPU time of each stage that the local runner completed, in its logs directory: what
+#: ``secvit plan``'s estimates are checked against (tests/test_pipeline.py).
 STAGE_TIMES = "stage_times.json"
 
 

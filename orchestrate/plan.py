@@ -32,7 +32,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -696,21 +696,25 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
         if training.ema is not None:
             training.ema.update(training.model)
 
-    def eval_step() -> None:
+    def eval_step(batch_images: torch.Tensor) -> None:
         with torch.no_grad(), autocast(dev, dtype):
-            training.model(images)
+            training.model(batch_images)
 
-    timings = {}
-    for name, step in (("train", train_step), ("eval", eval_step)):
-        training.model.train(name == "train")
-        for _ in range(warmup):
+    def images_per_s(step: Callable[[], None], count: int, warm: int, calls: int) -> float:
+        """``count`` images per call of ``step``: ``warm`` calls untimed, then ``calls`` timed."""
+        for _ in range(warm):
             step()
         sync()
         tic = clock()
-        for _ in range(steps):
+        for _ in range(calls):
             step()
         sync()
-        timings[name] = steps * batch / (clock() - tic)
+        return calls * count / (clock() - tic)
+
+    training.model.train()
+    timings = {"train": images_per_s(train_step, batch, warmup, steps)}
+    training.model.eval()
+    timings["eval"] = images_per_s(lambda: eval_step(images), batch, warmup, steps)
     # evaluation at the complexity stage's size too (small images run far below a CPU's rate)
     flops_of = Flops(params_path.parent / FLOPS_CACHE)
     gflops, _ = flops_of(model, cfg.img_size)
@@ -719,15 +723,8 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
         large = torch.randn(min(batch, 8), 3, CURVE_SIZE, CURVE_SIZE, device=dev)
         if cfg.channels_last:
             large = large.contiguous(memory_format=torch.channels_last)
-        training.model.eval()
-        with torch.no_grad(), autocast(dev, dtype):
-            training.model(large)
-            sync()
-            tic = clock()
-            for _ in range(2):
-                training.model(large)
-            sync()
-        curve.append([flops_of(model, CURVE_SIZE)[0], 2 * len(large) * flops_of(model, CURVE_SIZE)[0] / (clock() - tic)])
+        large_gflops = flops_of(model, CURVE_SIZE)[0]
+        curve.append([large_gflops, images_per_s(lambda: eval_step(large), len(large), 1, 2) * large_gflops])
     tic = serial()
     import mmdet.models  # noqa: F401 - what a detection or segmentation stage imports besides ours
     import mmengine.runner  # noqa: F401

@@ -68,6 +68,7 @@ def test_resume_on_another_device_count_is_exact_or_refused(tmp_path, repo_root)
     metrics = json.loads((projects["straight"] / "results/smoke/pretrain/secvit_tiny/metrics.json").read_text())
     # smoke: global batch 32 = 16 per device x 2 processes, so no accumulation (1 process: 2 steps of 16)
     assert metrics["world_size"] == 2 and metrics["global_batch"] == 32 and metrics["accumulation"] == 1
+    assert metrics["epochs"] == 1 and 0 <= metrics["best_top1"] <= 100
     assert "best top-1" in straight.stderr  # rank 0's result reached the command
 
     moved = projects["moved"]

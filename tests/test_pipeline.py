@@ -7,6 +7,9 @@ import pytest
 import yaml
 from conftest import run, scratch_repo
 
+from secvit.orchestrate.dag import STAGE_TIMES
+from secvit.runs import logs_dir
+
 
 ABLATION = "no_lce"
 PEER = "pacavit_tiny"
@@ -95,7 +98,7 @@ def test_plan_predicts_every_stage_within_2x(smoke_repo):
     time is its process's CPU time: with one thread, its wall time on an idle machine; its wall time here also
     holds its waits for the stage beside it and for the other test worker."""
     repo, _ = smoke_repo
-    ran = json.loads((repo / "runs/smoke/logs/stage_times.json").read_text())  # written by the side-by-side runner
+    ran = json.loads((repo / logs_dir("smoke") / STAGE_TIMES).read_text())  # written by the side-by-side runner
     assert {(t["jobs"], t["threads"]) for t in ran.values()} == {(2, 1)}
     run(repo, "secvit", "bench", "train", "--profile", "smoke", "--model", "secvit_tiny", "--steps", "4", "--threads", "1")
     plan = json.loads(run(repo, "secvit", "plan", "--profile", "smoke", "--executor", "local", "--json").stdout)
