@@ -200,7 +200,9 @@ class Flops:
     def save(self) -> None:
         if self.cache is not None and self.dirty:
             self.cache.parent.mkdir(parents=True, exist_ok=True)
-            self.cache.write_text(json.dumps({self.digest: self.entries}, indent=0, sort_keys=True))
+            from secvit.atomic import write_text  # two measurements side by side may save at once
+
+            write_text(self.cache, json.dumps({self.digest: self.entries}, indent=0, sort_keys=True))
             self.dirty = False
 
 
@@ -382,6 +384,7 @@ def _schedule(task: str, pattern: str, model: str, overrides: dict[str, Any]) ->
     return {
         "by_epoch": by_epoch, "length": length, "val_every": s.val_every or cfg["val_interval"],
         "batch_per_device": s.batch_per_device or cfg["batch_size"], "image_scale": s.image_scale,
+        "checkpoint_every": s.checkpoint_every or cfg["checkpoint_interval"],
         "global_batch": s.global_batch or cfg["recipe_batch"],  # what iteration-based runs keep at any device count
     }
 
@@ -403,6 +406,7 @@ def _config(path: str) -> dict[str, Any]:
         _CONFIGS[path] = {
             "type": loop.get("type", "EpochBasedTrainLoop"), "max_epochs": loop.get("max_epochs"), "max_iters": loop.get("max_iters"),
             "val_interval": loop.get("val_interval", 1), "batch_size": cfg.train_dataloader.batch_size,
+            "checkpoint_interval": cfg.default_hooks.checkpoint.get("interval", 1),
             "recipe_batch": (cfg.get("auto_scale_lr") or {}).get("base_batch_size"),
         }
     return _CONFIGS[path]
@@ -418,6 +422,13 @@ FVCORE_TRACE_S = 2.0
 #: SEC-FasterViT-0, STViT-S; EPYC host, 2026-12-07). The tables stage builds each table-8 model whose
 #: parameters the complexity stage did not measure, to count them.
 MODEL_BUILD_S = 0.9
+#: Drawing figure 4 (matplotlib: the cluster overlays, saved as PNG): 0.8 s (EPYC host, 2026-12-07).
+RENDER_S = 0.8
+#: What a detection or segmentation stage does on its CPU before its first iteration, besides imports:
+#: resolving the config's ``mmdet::``/``mmseg::`` bases and building the runner (environment report, model,
+#: datasets, hooks). 2.4-6.8 s for the smoke profile's Mask R-CNN, Cascade Mask R-CNN, RetinaNet, UperNet
+#: and Semantic FPN stages (EPYC host, 2026-12-07).
+DENSE_RUNNER_S = 4.0
 #: The recipes' image sizes (mmdet's and mmseg's base configs): detection resizes into 1333x800, ADE20K
 #: into 2048x512 and trains on 512x512 crops. Real images are taken as 4:3 (COCO's and ADE20K's typical).
 DETECTION_SCALE, SEGMENTATION_SCALE, SEGMENTATION_CROP, REAL_ASPECT = (1333, 800), (2048, 512), 512, 4 / 3
@@ -426,22 +437,34 @@ DETECTION_SCALE, SEGMENTATION_SCALE, SEGMENTATION_CROP, REAL_ASPECT = (1333, 800
 MS_FLIP_FACTOR = 2 * (0.5**2 + 0.75**2 + 1 + 1.25**2 + 1.5**2 + 1.75**2) / 6
 
 
-def _dense_gflops(table: str, setting: dict[str, str], model: str, ref: tuple[int, int], row_ref: tuple[int, int], flops: Flops) -> float:
-    """Whole-model GFLOPs of a detector or segmentor at ``ref``: the paper's printed figure for
-    our model in this setting, else the backbone scaled from 224x224 plus the setting's non-backbone
-    share of the paper's SecViT-S row (printed at ``row_ref``), scaled to ``ref``."""
+def _dense_row(table: str, setting: dict[str, str], model: str, column: str, backbone: float, small_backbone: float,
+               head_scale: float = 1.0) -> float:
+    """A detector's or segmentor's figure (``gflops`` or ``params_m``): the paper's printed figure for our
+    model in this setting, else ``backbone`` plus the setting's non-backbone share of the paper's SecViT-S
+    row (its printed figure less ``small_backbone``), times ``head_scale``."""
     from secvit.tables.paper import paper_value
 
     try:
-        printed = paper_value(table, model, "gflops", setting)
+        printed = paper_value(table, model, column, setting)
     except ValueError:
         printed = None
     if printed is not None:
         return float(printed)
-    row_area = row_ref[0] * row_ref[1]
-    head = float(paper_value(table, "secvit_small", "gflops", setting)) - flops("secvit_small", 224)[0] * row_area / 224**2
-    area = ref[0] * ref[1]
-    return flops(model, 224)[0] * area / 224**2 + max(head, 0.0) * area / row_area
+    head = float(paper_value(table, "secvit_small", column, setting)) - small_backbone
+    return backbone + max(head, 0.0) * head_scale
+
+
+def _dense_gflops(table: str, setting: dict[str, str], model: str, ref: tuple[int, int], row_ref: tuple[int, int], flops: Flops) -> float:
+    """Whole-model GFLOPs of a detector or segmentor at ``ref``: printed, else the backbone scaled from 224x224
+    plus the head share of SecViT-S's row (printed at ``row_ref``), scaled to ``ref``."""
+    area, row_area = ref[0] * ref[1], row_ref[0] * row_ref[1]
+    return _dense_row(table, setting, model, "gflops", flops(model, 224)[0] * area / 224**2,
+                      flops("secvit_small", 224)[0] * row_area / 224**2, area / row_area)
+
+
+def _dense_params(table: str, setting: dict[str, str], model: str, flops: Flops) -> float:
+    """Whole-model parameters of a detector or segmentor (printed, else the backbone's plus SecViT-S's head share)."""
+    return 1e6 * _dense_row(table, setting, model, "params_m", flops(model, 224)[1] / 1e6, flops("secvit_small", 224)[1] / 1e6)
 
 
 def _fit(height: float, width: float, scale: tuple[int, int]) -> float:
@@ -579,13 +602,17 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
             trained = sched["length"] * train_n
         else:  # iterations of the global batch, on any device count (secvit.downstream.run._set_batch)
             trained = sched["length"] * sched["global_batch"]
-        tests = sched["length"] // sched["val_every"] + 1 + (MS_FLIP_FACTOR if settings.get("ms_flip") else 0)
+        # mmengine validates every val_every and after the last iteration; that last validation is the test
+        # (secvit.downstream.run.run), and the multi-scale + flip test is one more
+        tests = -(-sched["length"] // sched["val_every"]) + (MS_FLIP_FACTOR if settings.get("ms_flip") else 0)
+        # each checkpoint: weights and AdamW's two moments (float32); a finished run rewrites its last one, weights only
+        ckpt = _dense_params(table, setting, model, flops) * 4 * (3 * -(-sched["length"] // sched["checkpoint_every"]) + 1)
         weights = str(run.get("weights", ""))
         upstream = [data_stages[dataset]] + [p for m, p in plain.items() if weights == f"runs/{profile}/pretrain/{m}/best.pth"]
         peer = is_peer(model, families)
         # and the stage's own FLOP count of the whole model at the reference size (metrics.json's gflops)
         add(stage, "detect" if task == "detection" else "segment", ["peers" if peer else table], peer, upstream,
-            per_pixel * train_area, trained, int(val_n * tests), startup=rate.startup_s + rate.dense_startup_s,
+            per_pixel * train_area, trained, int(val_n * tests), ckpt, startup=rate.startup_s + rate.dense_startup_s + DENSE_RUNNER_S,
             eval_gflops=per_pixel * test_area, extra_s=FVCORE_TRACE_S + at_ref / rate.eval_rate(at_ref))
 
     for key, run in (params.get("detection_runs") or {}).items():
@@ -603,8 +630,11 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
 
         built = {row["ours"] for _, row in load_paper_tables()["table8"].iter_rows() if row.get("ours")} - set(cx["models"])
         add(f"tables@{profile}", "tables", [], False, results, 0.0, 0, 0, startup=rate.startup_s + MODEL_BUILD_S * len(built))
-    if wanted(f"figures@{profile}"):
-        add(f"figures@{profile}", "figures", [], False, [s for s in results if s.startswith("pretrain@")], 0.0, 0, 0)
+    if wanted(f"figures@{profile}"):  # builds the figure's model, one forward pass at 224 px, draws it
+        figure = profile_section(params, profile, "figures")["model"]
+        g = flops(figure, 224)[0]
+        add(f"figures@{profile}", "figures", [], False, [s for s in results if s.startswith("pretrain@")], 0.0, 0, 0,
+            startup=rate.startup_s + MODEL_BUILD_S + g / rate.eval_rate(g) + RENDER_S)
     flops.save()
 
     skipped = [s for s in stages if s.peer and not run_peers]
@@ -614,7 +644,9 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
     assumptions = [
         f"rates: {rate.device}: training {rate.train_gflops_per_s:,.0f} GFLOPs/s, evaluation {rate.eval_gflops_per_s:,.0f} GFLOPs/s per device "
         f"({rate.source})",
-        f"per stage: {rate.startup_s:.0f} s start-up ({rate.startup_s + rate.dense_startup_s:.0f} s for detection and segmentation); checkpoints (weights, EMA, AdamW moments, float32) at {rate.checkpoint_gb_per_s:g} GB/s",
+        f"per stage: {rate.startup_s:.0f} s start-up ({rate.startup_s + rate.dense_startup_s + DENSE_RUNNER_S:.0f} s for detection and "
+        f"segmentation: their imports and {DENSE_RUNNER_S:g} s of config and runner building); checkpoints (weights, EMA, AdamW moments, "
+        f"float32) at {rate.checkpoint_gb_per_s:.2g} GB/s",
         "GFLOPs: fvcore count of one image's forward pass, all ops (secvit.complexity); training an image costs its forward GFLOPs at the training rate"
         + ("; rates follow the image's GFLOPs along the measured curve (small images run below a CPU's rate)" if rate.eval_curve else ""),
         "detection/segmentation: the paper's printed whole-model GFLOPs (tables 3-5) where printed, else backbone scaled from 224x224 plus the "
@@ -625,8 +657,9 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         f"(a forward pass plus {FVCORE_TRACE_S:g} s of tracing)",
         "devices: " + ("each stage kind's SLURM settings (params.yaml slurm:)" if executor == "slurm" else "this machine's visible devices")
         + "; wall time assumes perfect scaling over the devices and no queueing",
-        f"data, tables and figures stages count start-up only (no device work; the tables stage builds the table-8 models that the "
-        f"complexity stage did not measure, {MODEL_BUILD_S:g} s each)",
+        f"data, tables and figures stages use no device: start-up, plus for tables the builds of the table-8 models that the "
+        f"complexity stage did not measure ({MODEL_BUILD_S:g} s each), for figures its model's build, one forward pass and "
+        f"{RENDER_S:g} s of drawing",
     ]
     if not run_peers:
         assumptions.append(f"peers.{profile} is false: the STViT and PaCa-ViT stages are left out (their cost is shown apart)")

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from secvit.engine.distributed import Stopped, listen_for_stop, stop_requested
 
-__all__ = ["CpuDistributedDataParallel", "ResumableEpochBasedTrainLoop", "RichProgressHook", "SafeResumeHook", "StopOnSignalHook", "resume_globals"]
+__all__ = ["CpuDistributedDataParallel", "FinalValidationHook", "ResumableEpochBasedTrainLoop", "RichProgressHook", "SafeResumeHook", "StopOnSignalHook", "resume_globals"]
 
 
 def resume_globals() -> list:
@@ -115,6 +115,20 @@ class RichProgressHook(Hook):
             self.progress.stop()
             self.progress = None
             self.tasks = {}
+
+
+class FinalValidationHook(Hook):
+    """Keeps the metrics of the last validation in this process and the iteration it validated
+    (:func:`secvit.downstream.run.run` takes them as the test's where the test is that validation)."""
+
+    priority = "LOWEST"
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] | None = None
+        self.iteration = -1
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self.metrics, self.iteration = dict(metrics or {}), runner.iter
 
 
 @MODEL_WRAPPERS.register_module()
