@@ -604,9 +604,9 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
             trained = sched["length"] * sched["global_batch"]
         # mmengine validates every val_every and after the last iteration; that last validation is the test
         # (secvit.downstream.run.run), and the multi-scale + flip test is one more
-        tests = -(-sched["length"] // sched["val_every"]) + (MS_FLIP_FACTOR if settings.get("ms_flip") else 0)
+        tests = math.ceil(sched["length"] / sched["val_every"]) + (MS_FLIP_FACTOR if settings.get("ms_flip") else 0)
         # each checkpoint: weights and AdamW's two moments (float32); a finished run rewrites its last one, weights only
-        ckpt = _dense_params(table, setting, model, flops) * 4 * (3 * -(-sched["length"] // sched["checkpoint_every"]) + 1)
+        ckpt = _dense_params(table, setting, model, flops) * 4 * (3 * math.ceil(sched["length"] / sched["checkpoint_every"]) + 1)
         weights = str(run.get("weights", ""))
         upstream = [data_stages[dataset]] + [p for m, p in plain.items() if weights == f"runs/{profile}/pretrain/{m}/best.pth"]
         peer = is_peer(model, families)
