@@ -59,6 +59,33 @@ def test_adapter_returns_stage_maps_at_any_size():
     assert not any(name.startswith("body.head.fc") for name, _ in subset.named_parameters())
 
 
+def test_roi_features_are_read_from_the_maps_where_they_are():
+    """Mask R-CNN's RoI features equal torchvision's roi_align on the same FPN maps.
+
+    mmcv's RoIAlign reads its input's buffer as NCHW; maps left channels-last in memory (as LayerNorm2d leaves
+    them) gave features from the wrong places, so the RoI heads could not learn while the RPN did.
+    """
+    from mmengine.config import Config
+    from mmengine.registry import MODELS, init_default_scope
+    from torchvision.ops import roi_align
+
+    cfg = Config.fromfile(str(CONFIGS / "mmdet/mask_rcnn/mask-rcnn_secvit-tiny_fpn_1x_coco.py"))
+    init_default_scope("mmdet")
+    detector = MODELS.build(cfg.model).eval()
+    extractor = detector.roi_head.bbox_roi_extractor
+    rois = torch.tensor([[0, 8.0, 4.0, 60.0, 40.0], [0, 10.0, 10.0, 150.0, 125.0], [0, 0.0, 0.0, 159.0, 127.0]])
+    with torch.no_grad():
+        maps = detector.extract_feat(torch.randn(1, 3, 128, 160))[:4]
+        levels = extractor.map_roi_levels(rois, len(maps))
+        assert levels.tolist() == [0, 1, 1]  # two levels of the FPN are read
+        ours = extractor(maps, rois)
+        theirs = torch.stack([
+            roi_align(maps[level], rois[i : i + 1], 7, spatial_scale=1 / 2 ** (level + 2), sampling_ratio=0, aligned=True)[0]
+            for i, level in enumerate(levels.tolist())
+        ])
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
 def test_adapter_loads_weights_strictly(tmp_path):
     state = _save_weights(tmp_path / "best.pth")
     backbone = SecvitBackbone("secvit_tiny", pretrained=str(tmp_path / "best.pth"))
@@ -212,6 +239,10 @@ def test_image_sizes_scale_and_backbones_swap():
     assert resize[0].scales[0] == (133, 48) and resize[0].scales[-1] == (133, 80)
     assert first.scales == [(133, 40), (133, 50), (133, 60)] and crop.crop_size == (38, 60)
     assert cfg.test_dataloader.dataset.pipeline[1].scale == (133, 80)
+    assert cfg.model.rpn_head.anchor_generator.scales == [8]  # a multiple of the stride, not an image size
+    seg_crop = Config.fromfile(str(CONFIGS / "mmseg/sem_fpn/fpn_secvit-base_8xb2-80k_ade20k-512x512.py"))
+    scale_image_sizes(seg_crop, 0.25)
+    assert seg_crop.model.data_preprocessor.size == (128, 128) and seg_crop.crop_size == (128, 128)
     swap_backbone(cfg, "secvit_base")
     assert cfg.model.backbone.model_name == "secvit_base" and cfg.model.backbone.drop_path_rate is None
     assert cfg.model.neck.in_channels == [80, 160, 320, 512]
@@ -525,5 +556,6 @@ def test_every_family_is_a_detection_backbone(model):
         feats = detector.extract_feat(torch.randn(1, 3, *shape))
         out = detector(torch.randn(1, 3, *shape), [DetDataSample(metainfo=meta)], mode="tensor")
     assert [f.shape[-2:] for f in feats][:4] == [(24, 32), (12, 16), (6, 8), (3, 4)]
+    assert all(f.is_contiguous() for f in feats)  # mmcv's RoIAlign reads NCHW buffers
     tensors = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
     assert len(tensors) >= 3 and all(t.numel() and torch.isfinite(t).all() for t in tensors)  # cls, box, mask heads

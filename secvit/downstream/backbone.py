@@ -7,7 +7,7 @@ Configs load it with ``custom_imports = dict(imports=['secvit.downstream.backbon
 
 The class lives in mmengine's root ``MODELS`` registry, which both ``mmdet.registry.MODELS``
 and ``mmseg.registry.MODELS`` fall back to. It returns the stage maps that the timm model's
-``forward_intermediates`` gives (NCHW, strides 4/8/16/32 for the four stages), each through a
+``forward_intermediates`` gives (contiguous NCHW, strides 4/8/16/32 for the four stages), each through a
 LayerNorm (``out_norm``, as Swin's and its family's detection backbones do); it knows nothing
 about any one model family.
 
@@ -144,4 +144,6 @@ class SecvitBackbone(BaseModule):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         feats = self.body.forward_intermediates(x, indices=self.out_indices, intermediates_only=True)
-        return tuple(norm(f) for norm, f in zip(self.norms, feats))
+        # contiguous NCHW: a LayerNorm2d leaves its map channels-last in memory, the necks' convs keep that layout,
+        # and mmcv's RoIAlign reads its input's buffer as NCHW (channels-last maps gave Mask R-CNN garbage RoI features)
+        return tuple(norm(f).contiguous() for norm, f in zip(self.norms, feats))

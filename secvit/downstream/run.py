@@ -59,15 +59,17 @@ class Overrides:
     global_batch: int | None = None  # images per optimizer step (None: see training_batch)
 
 
-def _walk(node: Any) -> Iterator[dict]:
-    """Every dict inside a config node (depth first)."""
+def _walk(node: Any, skip: Any = None) -> Iterator[dict]:
+    """Every dict inside a config node (depth first), but none inside ``skip`` (a node of it)."""
+    if node is skip:
+        return
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _walk(value)
+            yield from _walk(value, skip)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            yield from _walk(value)
+            yield from _walk(value, skip)
 
 
 def _scaled(value: Any, factor: float) -> Any:
@@ -79,10 +81,17 @@ def _scaled(value: Any, factor: float) -> Any:
 
 
 def scale_image_sizes(cfg: Any, factor: float) -> None:
-    """Multiply every image size (``scale``, ``scales``, ``crop_size``, ``size``) in ``cfg`` by ``factor``."""
+    """Multiply every image size (``scale``, ``scales``, ``crop_size``, ``size``) in ``cfg`` by ``factor``.
+
+    Image sizes live on the data side: the pipelines and the data preprocessors. The rest of the model is
+    left alone, where the same keys mean something else (an anchor generator's ``scales`` multiply its
+    strides: scaled with the images, Mask R-CNN's RPN anchors grew 4x at the smoke profile's 0.1).
+    """
     if factor == 1.0:
         return
-    for node in _walk(cfg._cfg_dict if hasattr(cfg, "_cfg_dict") else cfg):
+    root = cfg._cfg_dict if hasattr(cfg, "_cfg_dict") else cfg
+    model = root.get("model", {})
+    for node in [*_walk(root, skip=model), *_walk(model.get("data_preprocessor", {}))]:
         for key in SIZE_KEYS:
             if key in node:
                 node[key] = _scaled(node[key], factor)
