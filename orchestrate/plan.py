@@ -25,6 +25,7 @@ train`` (:func:`measure`), or a documented default for A100 and H100 (:func:`gpu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -80,6 +81,10 @@ class Throughput:
     #: images far below its large-image rate (per-step overheads); empty: one rate for every size
     eval_curve: list[list[float]] = field(default_factory=list)
     dense_startup_s: float = 0.0  # what a detection or segmentation process adds: mmdet, mmseg, mmengine
+    #: a two-stage detector's RoI heads (convolutions on batches of RoIs, far from a backbone's rate on a CPU),
+    #: training and evaluation GFLOPs/s; 0: the rates above at the work per image
+    roi_train_gflops_per_s: float = 0.0
+    roi_eval_gflops_per_s: float = 0.0
 
     def eval_rate(self, gflops: float) -> float:
         """Evaluation GFLOPs/s for images of ``gflops`` each: the measured curve, interpolated
@@ -99,6 +104,12 @@ class Throughput:
         """Training GFLOPs/s for images of ``gflops`` each: the measured training rate, scaled
         with image size as evaluation scales (training was measured at the recipe's size only)."""
         return self.train_gflops_per_s * self.eval_rate(gflops) / self.eval_rate(self.measured.get("gflops_per_image", 0.0))
+
+    def roi_seconds(self, train: float, evaluate: float) -> float:
+        """Device-seconds of RoI heads that train ``train`` GFLOPs and evaluate ``evaluate`` GFLOPs."""
+        train_rate = self.roi_train_gflops_per_s or self.train_rate(train)
+        eval_rate = self.roi_eval_gflops_per_s or self.eval_rate(evaluate)
+        return (train / train_rate if train else 0.0) + (evaluate / eval_rate if evaluate else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,6 +207,13 @@ class Flops:
             self.dirty = True
         gflops, params = self.entries[key]
         return gflops, int(params)
+
+    def cached(self, key: str, compute: Callable[[], float]) -> float:
+        """A figure under ``key`` (e.g. a detector head's GFLOPs per RoI), computed once."""
+        if key not in self.entries:
+            self.entries[key] = [compute()]
+            self.dirty = True
+        return self.entries[key][0]
 
     def save(self) -> None:
         if self.cache is not None and self.dirty:
@@ -382,8 +400,8 @@ def _schedule(task: str, pattern: str, model: str, overrides: dict[str, Any]) ->
     by_epoch = cfg["type"] == "EpochBasedTrainLoop"
     length = s.length if s.length is not None else cfg["max_epochs" if by_epoch else "max_iters"]
     return {
-        "by_epoch": by_epoch, "length": length, "val_every": s.val_every or cfg["val_interval"],
-        "batch_per_device": s.batch_per_device or cfg["batch_size"], "image_scale": s.image_scale,
+        "config": str(path), "by_epoch": by_epoch, "length": length, "val_every": s.val_every or cfg["val_interval"],
+        "batch_per_device": s.batch_per_device or cfg["batch_size"], "image_scale": s.image_scale, "roi_scale": s.roi_scale,
         "checkpoint_every": s.checkpoint_every or cfg["checkpoint_interval"],
         "global_batch": s.global_batch or cfg["recipe_batch"],  # what iteration-based runs keep at any device count
     }
@@ -404,6 +422,7 @@ def _config(path: str) -> dict[str, Any]:
             cfg = Config.fromfile(path)
         loop = cfg.train_cfg
         _CONFIGS[path] = {
+            "config": cfg,
             "type": loop.get("type", "EpochBasedTrainLoop"), "max_epochs": loop.get("max_epochs"), "max_iters": loop.get("max_iters"),
             "val_interval": loop.get("val_interval", 1), "batch_size": cfg.train_dataloader.batch_size,
             "checkpoint_interval": cfg.default_hooks.checkpoint.get("interval", 1),
@@ -435,6 +454,66 @@ DETECTION_SCALE, SEGMENTATION_SCALE, SEGMENTATION_CROP, REAL_ASPECT = (1333, 800
 #: Test-time cost of the multi-scale + flip test relative to one single-scale test: 6 scales
 #: (0.5-1.75, mean area 1.45x) x 2 flips.
 MS_FLIP_FACTOR = 2 * (0.5**2 + 0.75**2 + 1 + 1.25**2 + 1.5**2 + 1.75**2) / 6
+
+
+#: Objects per training image of COCO train2017 (860,001 instances in 118,287 images); generated sets:
+#: secvit.data.synthetic.COCO_OBJECTS.
+COCO_OBJECTS_PER_IMAGE = 7.27
+#: Positive RoIs per object that a two-stage detector's sampler draws per stage in training (its mask head's
+#: RoIs; at most the sampler's positive fraction): an assumption. Smoke runs (untrained heads, 2 objects an image,
+#: 2026-12-07) drew 6.7 (Mask R-CNN) and 2.9 a stage (Cascade) from 512 sampled RoIs, 2.4 and 1.7 from 64 (roi_scale 1/8).
+POSITIVES_PER_OBJECT = 5.0
+
+
+@dataclass(frozen=True)
+class RoIWork:
+    """Forward GFLOPs per image of a two-stage detector's RoI heads, which run once per RoI, not per pixel."""
+
+    train: float  # every stage's box head on its sampled RoIs, mask head on the positive ones
+    test: float  # every stage's box head on the RPN's proposals, every mask head on the detections
+    counted: float  # as a FLOP count includes them (secvit.downstream.run.model_complexity)
+
+
+def _head_gflops(head: dict[str, Any], extractor: dict[str, Any], flops: Flops) -> float:
+    """GFLOPs of an mmdet RoI head on one RoI (fvcore), the RoI as its extractor pools it."""
+    channels, size = extractor["out_channels"], extractor["roi_layer"]["output_size"]
+
+    def count() -> float:
+        import torch
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+
+        from secvit.complexity import count_flops
+
+        register_all_modules(init_default_scope=False)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            module = MODELS.build(dict(head)).eval()
+            return count_flops(module, torch.zeros(1, channels, size, size))[0] / 1e9
+
+    return flops.cached(f"roi|{json.dumps(head, sort_keys=True)}|{channels}|{size}", count)
+
+
+def _roi_work(path: str, roi_scale: float, objects: float, flops: Flops) -> RoIWork:
+    """The RoI heads' work per image in ``path``'s detector with its RoI counts scaled by ``roi_scale`` (none for a
+    one-stage detector): the sampled RoIs in training, of which ``objects`` x :data:`POSITIVES_PER_OBJECT` positive
+    (masked), at most the sampler's positive fraction; the RPN's proposals and the kept detections in testing."""
+    from secvit.downstream.run import COUNTED_PROPOSALS, MASKED_ROIS, scale_roi_counts
+
+    cfg = copy.deepcopy(_config(path)["config"])  # the cached config stays as its file says
+    scale_roi_counts(cfg, roi_scale)
+    model = cfg.model
+    head = model.get("roi_head")
+    if not head:
+        return RoIWork(0.0, 0.0, 0.0)
+    stages = head.get("num_stages", 1)
+    boxes = head.bbox_head if isinstance(head.bbox_head, list) else [head.bbox_head] * stages
+    box = [_head_gflops(b.to_dict(), head.bbox_roi_extractor.to_dict(), flops) for b in boxes]
+    mask = _head_gflops(head.mask_head.to_dict(), head.mask_roi_extractor.to_dict(), flops) if head.get("mask_head") else 0.0
+    samplers = [r.sampler for r in (model.train_cfg.rcnn if isinstance(model.train_cfg.rcnn, list) else [model.train_cfg.rcnn] * stages)]
+    proposals, detections = model.test_cfg.rpn.max_per_img, model.test_cfg.rcnn.max_per_img
+    train = sum(s.num * g + min(s.num * s.pos_fraction, objects * POSITIVES_PER_OBJECT) * mask for s, g in zip(samplers, box))
+    return RoIWork(train, sum(proposals * g for g in box) + stages * detections * mask,
+                   sum(COUNTED_PROPOSALS * g for g in box) + stages * MASKED_ROIS * mask)
 
 
 def _dense_row(table: str, setting: dict[str, str], model: str, column: str, backbone: float, small_backbone: float,
@@ -515,13 +594,18 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         return only is None or any(fnmatchcase(stage, pattern) for pattern in only)
 
     def add(stage: str, kind: str, tables: list[str], peer: bool, upstream: list[str], gflops: float, train: int, evals: int,
-            checkpoint_bytes: float = 0.0, startup: float | None = None, eval_gflops: float | None = None, extra_s: float = 0.0) -> None:
+            checkpoint_bytes: float = 0.0, startup: float | None = None, eval_gflops: float | None = None, extra_s: float = 0.0,
+            roi: RoIWork | None = None) -> None:
         """``train`` images of ``gflops`` each trained, ``evals`` of ``eval_gflops`` (default: ``gflops``)
-        evaluated, plus ``extra_s`` device-seconds of other work (FLOP counts)."""
+        evaluated, and on each the ``roi`` heads' work at their own rates, plus ``extra_s`` device-seconds of
+        other work (FLOP counts)."""
         r = res(kind)
         eval_gflops = gflops if eval_gflops is None else eval_gflops
         compute = extra_s + (train * gflops / rate.train_rate(gflops) if train else 0.0) \
             + (evals * eval_gflops / rate.eval_rate(eval_gflops) if evals else 0.0)
+        if roi is not None:
+            compute += rate.roi_seconds(train * roi.train, evals * roi.test)
+            gflops += roi.train
         stages.append(StagePlan(
             stage, kind, tables, peer, upstream, gflops, train, evals, r.devices if compute else 1, r.kind if compute else "CPU",
             rate.startup_s if startup is None else startup, compute, checkpoint_bytes / 1e9 / rate.checkpoint_gb_per_s, r.timeout_min,
@@ -584,6 +668,7 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         upstream = [data_stages["imagenet"]] + ([plain[ablations.model]] if ablations.model in plain else [])
         pretrain_stage(f"ablate@{profile}-{variant}", ablations.model, run, ablation_options(variant, ablations.model), ["table6"], upstream)
 
+    from secvit.data.synthetic import COCO_OBJECTS
     from secvit.pipelines.downstream import DETECTION_CONFIGS, SEGMENTATION_CONFIGS
 
     def dense(stage: str, task: str, dataset: str, table: str, setting: dict[str, str], pattern: str, run: dict[str, Any]) -> None:
@@ -595,8 +680,11 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         row_ref = DETECTION_SIZE if task == "detection" else tuple(settings["flops_size"]["default"])
         ref = DETECTION_SIZE if task == "detection" else tuple(settings["flops_size"].get(model, row_ref))
         at_ref = _dense_gflops(table, setting, model, ref, row_ref, flops)  # the whole model on one image of the reference size
-        per_pixel = at_ref / (ref[0] * ref[1])
-        test_area, train_area = _dense_areas(task, (data.get("generate") or {}).get(dataset), sched["image_scale"])
+        generated = (data.get("generate") or {}).get(dataset)
+        objects = sum(COCO_OBJECTS) / 2 if generated else COCO_OBJECTS_PER_IMAGE
+        roi = _roi_work(sched["config"], sched["roi_scale"], objects, flops) if task == "detection" else RoIWork(0.0, 0.0, 0.0)
+        per_pixel = (at_ref - roi.counted) / (ref[0] * ref[1])  # the rest of the model works per pixel
+        test_area, train_area = _dense_areas(task, generated, sched["image_scale"])
         train_n, val_n = _count(data, dataset, "train"), _count(data, dataset, "val")
         if sched["by_epoch"]:
             trained = sched["length"] * train_n
@@ -613,7 +701,7 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         # and the stage's own FLOP count of the whole model at the reference size (metrics.json's gflops)
         add(stage, "detect" if task == "detection" else "segment", ["peers" if peer else table], peer, upstream,
             per_pixel * train_area, trained, int(val_n * tests), ckpt, startup=rate.startup_s + rate.dense_startup_s + DENSE_RUNNER_S,
-            eval_gflops=per_pixel * test_area, extra_s=FVCORE_TRACE_S + at_ref / rate.eval_rate(at_ref))
+            eval_gflops=per_pixel * test_area, roi=roi, extra_s=FVCORE_TRACE_S + at_ref / rate.eval_rate(at_ref))
 
     for key, run in (params.get("detection_runs") or {}).items():
         if run["profile"] == profile:
@@ -655,6 +743,12 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         f"images 4:3, the profile's image_scale) and of {SEGMENTATION_CROP}x{SEGMENTATION_CROP} training crops; iteration schedules keep the "
         "global batch on any device count; each dense stage and the complexity stage count FLOPs with fvcore "
         f"(a forward pass plus {FVCORE_TRACE_S:g} s of tracing)",
+        "two-stage detectors' RoI heads: per RoI, not per pixel (their share of the whole-model figure, 1000 proposals "
+        "and 100 masked, taken out first): every stage's box head on the sampled RoIs in training and on the RPN's "
+        "proposals in testing, the mask heads on the detections kept and on "
+        f"{POSITIVES_PER_OBJECT:g} positive RoIs per object and stage in training ({COCO_OBJECTS_PER_IMAGE:g} objects per "
+        "COCO image), as the config's counts and the profile's roi_scale set them; "
+        + ("at the measured RoI-head rates" if rate.roi_eval_gflops_per_s else "at the rates above"),
         "devices: " + ("each stage kind's SLURM settings (params.yaml slurm:)" if executor == "slurm" else "this machine's visible devices")
         + "; wall time assumes perfect scaling over the devices and no queueing",
         f"data, tables and figures stages use no device: start-up, plus for tables the builds of the table-8 models that the "
@@ -764,6 +858,7 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
     import mmseg.models  # noqa: F401
 
     dense_startup = serial() - tic
+    roi_train, roi_eval = _roi_rates(dev, dtype, clock, sync)
     flops_of.save()
     state = {"model": training.model.state_dict(), "model_ema": training.ema.module.state_dict() if training.ema else None,
              "optimizer": training.optimizer.state_dict()}
@@ -787,7 +882,48 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
         name, f"measured by `secvit bench train --profile {profile} --model {model}` ({steps} steps of batch {batch} at "
         f"{cfg.img_size}px, synthetic data" + ("; CPU busy time: an idle machine's wall time)" if dev.type == "cpu" else ")"),
         timings["train"] * gflops, timings["eval"] * gflops, startup, size / 1e9 / max(seconds, 1e-6), measured, curve, dense_startup,
+        roi_train, roi_eval,
     )
+
+
+#: RoIs per timed batch of :func:`_roi_rates` (a stage's heads see 64-1000 at a time)
+ROI_BATCH = 32
+
+
+def _roi_rates(dev: Any, dtype: Any, clock: Callable[[], float], sync: Callable[[], None]) -> tuple[float, float]:
+    """Training and evaluation GFLOPs/s of a two-stage detector's RoI heads on this device: mmdet's FCN mask
+    head (four 3x3 convolutions on 14x14 RoIs, the bulk of their work) on a batch of :data:`ROI_BATCH` RoIs."""
+    import torch
+    from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+
+    from secvit.complexity import count_flops
+    from secvit.engine.amp import autocast
+
+    head = FCNMaskHead(num_convs=4, in_channels=256, conv_out_channels=256, num_classes=80).to(dev)
+    rois = torch.randn(ROI_BATCH, 256, 14, 14, device=dev)
+    with torch.no_grad():
+        gflops = count_flops(head.eval(), rois[:1])[0] / 1e9 * ROI_BATCH
+
+    def train() -> None:
+        with autocast(dev, dtype):
+            loss = head(rois).float().square().mean()
+        loss.backward()
+
+    def evaluate() -> None:
+        with torch.no_grad(), autocast(dev, dtype):
+            head(rois)
+
+    rates = []
+    for step, mode in ((train, True), (evaluate, False)):
+        head.train(mode)
+        step()
+        sync()
+        tic = clock()
+        for _ in range(2):
+            step()
+        sync()
+        rates.append(2 * gflops / (clock() - tic))
+    return rates[0], rates[1]
 
 
 def save_throughput(rate: Throughput, path: Path) -> Path:

@@ -187,9 +187,11 @@ def test_cascade_flops_mask_the_first_100_proposals(tmp_path, monkeypatch):
             return _forward(self, x, *args, **kwargs)
         monkeypatch.setattr(cls, "forward", counting)
     config = CONFIGS / DETECTION_CONFIGS[("cascade_mask_rcnn", "3x_ms")].format(model="secvit-small")
-    cfg = prepare_config(config, work_dir=tmp_path, data_root=tmp_path, pretrained=None, model="secvit_tiny")
+    cfg = prepare_config(config, work_dir=tmp_path, data_root=tmp_path, pretrained=None, model="secvit_tiny",
+                         overrides=Overrides(roi_scale=0.125))  # the run keeps 125 proposals; the count, the convention's
     result = model_complexity(cfg, 320, 512)
-    assert len(seen["box"]) == 3 and seen["box"][0] > MASKED_ROIS and len(set(seen["box"])) == 1, seen
+    assert cfg.model.test_cfg.rpn.max_per_img == 125
+    assert len(seen["box"]) == 3 and seen["box"][0] > 2 * 125 and len(set(seen["box"])) == 1, seen
     assert seen["mask"] == [MASKED_ROIS] * 3, seen
     assert result["flops_input"] == "320x512" and result["gflops"] < result["gflops_all_ops"]
 
@@ -249,6 +251,24 @@ def test_image_sizes_scale_and_backbones_swap():
     seg = Config.fromfile(str(CONFIGS / "mmseg/upernet/upernet_secvit-small_8xb2-160k_ade20k-512x512.py"))
     swap_backbone(seg, "secvit_large")
     assert seg.model.decode_head.in_channels == [112, 224, 448, 640] and seg.model.auxiliary_head.in_channels == 448
+
+
+def test_roi_counts_scale_for_two_stage_detectors_only():
+    """roi_scale shrinks the RoI heads' work (smoke runs): proposals kept, RoIs sampled per stage, detections kept;
+    not the RPN's anchor sampler, and nothing of a one-stage detector."""
+    from mmengine.config import Config
+
+    from secvit.downstream.run import scale_roi_counts
+
+    cascade = Config.fromfile(str(CONFIGS / "mmdet/cascade_mask_rcnn/cascade-mask-rcnn_secvit-small_fpn_ms-3x_coco.py"))
+    scale_roi_counts(cascade, 0.125)
+    train, test = cascade.model.train_cfg, cascade.model.test_cfg
+    assert [stage.sampler.num for stage in train.rcnn] == [64, 64, 64] and train.rpn.sampler.num == 256
+    assert train.rpn_proposal.max_per_img == 250 and test.rpn.max_per_img == 125 and test.rcnn.max_per_img == 12
+    retina = Config.fromfile(str(CONFIGS / "mmdet/retinanet/retinanet_secvit-tiny_fpn_1x_coco.py"))
+    before = retina.model.test_cfg.to_dict()
+    scale_roi_counts(retina, 0.125)
+    assert retina.model.test_cfg.to_dict() == before
 
 
 def test_prepare_config_points_at_data_and_classes(tmp_path):

@@ -25,6 +25,8 @@ IMAGENET_KINDS = (  # the first classes differ in texture, which a small model l
 )
 MAX_IMAGENET_CLASSES = 3 * len(IMAGENET_KINDS)
 COCO_CATEGORIES = ("circle", "square", "triangle")
+#: Objects in one generated COCO image: the fewest and the most (make_coco; the learnable set has 1-2)
+COCO_OBJECTS = (1, 3)
 _SPLIT_CODE = {"train": 1, "val": 2}
 _CATEGORY_COLOURS = np.array([(220, 40, 40), (40, 200, 40), (40, 60, 230)])  # make_coco(learnable=True)
 
@@ -198,7 +200,8 @@ def make_coco(
             arr = np.clip(bg + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8)
             img = Image.fromarray(arr, "RGB")
             draw = ImageDraw.Draw(img)
-            count, radius = (int(rng.integers(1, 3)), (0.2, 0.35)) if learnable else (int(rng.integers(1, 4)), (0.12, 0.25))
+            fewest, most = (1, 2) if learnable else COCO_OBJECTS
+            count, radius = int(rng.integers(fewest, most + 1)), ((0.2, 0.35) if learnable else (0.12, 0.25))
             for cx, cy, r in _place_objects(rng, h, w, count, radius):
                 cat = int(rng.integers(0, len(COCO_CATEGORIES)))
                 poly = [(round(x, 2), round(y, 2)) for x, y in

@@ -8,6 +8,7 @@ applies the few size knobs of a :class:`Overrides` (the smoke profile shrinks ru
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import types
@@ -48,6 +49,7 @@ class Overrides:
     batch_per_device: int | None = None
     workers: int | None = None
     image_scale: float = 1.0  # multiplies every image size of the pipelines (smoke runs)
+    roi_scale: float = 1.0  # multiplies a two-stage detector's RoI counts (smoke runs; see scale_roi_counts)
     checkpoint_every: int | None = None
     keep_checkpoints: int | None = None  # checkpoints kept in the work dir (mmengine's max_keep_ckpts)
     val_every: int | None = None
@@ -95,6 +97,31 @@ def scale_image_sizes(cfg: Any, factor: float) -> None:
         for key in SIZE_KEYS:
             if key in node:
                 node[key] = _scaled(node[key], factor)
+
+
+def scale_roi_counts(cfg: Any, factor: float) -> None:
+    """Multiply a two-stage detector's RoI counts by ``factor``: the proposals its RPN keeps per image
+    (``rpn_proposal`` and ``rpn`` ``max_per_img``), the RoIs its RoI head samples per image in training (each
+    cascade stage's ``rcnn`` sampler ``num``) and the detections it keeps per image (``rcnn`` ``max_per_img``).
+
+    Image sizes (:func:`scale_image_sizes`) shrink the backbone's and the FPN's work, not the RoI heads': they
+    run once per RoI, 512 per image in training and 1000 in testing at any image size. The RPN's own anchor
+    sampler is left alone (it picks loss terms, not work); a one-stage detector has no RoI counts.
+    """
+    if factor == 1.0:
+        return
+    root = cfg._cfg_dict if hasattr(cfg, "_cfg_dict") else cfg
+
+    def scale(node: dict, key: str) -> None:
+        if key in node:
+            node[key] = max(1, round(node[key] * factor))
+
+    train, test = (root.get("model", {}).get(loop) or {} for loop in ("train_cfg", "test_cfg"))
+    for node in (train.get("rpn_proposal") or {}, test.get("rpn") or {}, test.get("rcnn") or {}):
+        scale(node, "max_per_img")
+    rcnn = train.get("rcnn") or []
+    for stage in rcnn if isinstance(rcnn, (list, tuple)) else [rcnn]:
+        scale(stage.get("sampler") or {}, "num")
 
 
 def _set_data_root(cfg: Any, root: Path) -> None:
@@ -157,6 +184,7 @@ def _apply_overrides(cfg: Any, s: Overrides) -> None:
                 node["score_thr"] = s.score_thr
     cfg["log_level"] = s.log_level
     scale_image_sizes(cfg, s.image_scale)
+    scale_roi_counts(cfg, s.roi_scale)
     cfg["randomness"] = dict(seed=s.seed)
 
 
@@ -402,6 +430,9 @@ class _TensorForward(nn.Module):
 #: Detections whose masks a FLOP count includes: mmdet's StandardRoIHead.forward (Mask R-CNN) masks the first
 #: 100 proposals, as mmdet 2's ``forward_dummy`` did for every RoI head (the paper's counts come from it).
 MASKED_ROIS = 100
+#: Proposals whose boxes a FLOP count includes: the RPN's 1000 per image of mmdet's test settings, whatever a
+#: run's ``roi_scale`` sets (the complexity figures stay the paper's convention in every profile).
+COUNTED_PROPOSALS = 1000
 
 
 def _cascade_tensor_forward(self: Any, x: tuple, rpn_results_list: list, batch_data_samples: list | None = None) -> tuple:
@@ -433,8 +464,11 @@ def model_complexity(cfg: Any, height: int, width: int) -> dict[str, Any]:
     from secvit.complexity import count_flops
 
     init_default_scope(cfg.get("default_scope", "mmdet"))
+    model_cfg = copy.deepcopy(cfg.model)
+    if (model_cfg.get("test_cfg") or {}).get("rpn"):
+        model_cfg.test_cfg.rpn.max_per_img = COUNTED_PROPOSALS
     with torch.random.fork_rng(devices=[]):
-        model = MODELS.build(cfg.model.copy()).eval()  # with the config's backbone weights (a file it checks)
+        model = MODELS.build(model_cfg).eval()  # with the config's backbone weights (a file it checks)
     params = sum(p.numel() for p in model.parameters())
     sample_cls = None
     if cfg.get("default_scope") == "mmdet":
