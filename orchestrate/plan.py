@@ -105,11 +105,13 @@ class Throughput:
         with image size as evaluation scales (training was measured at the recipe's size only)."""
         return self.train_gflops_per_s * self.eval_rate(gflops) / self.eval_rate(self.measured.get("gflops_per_image", 0.0))
 
-    def roi_seconds(self, train: float, evaluate: float) -> float:
-        """Device-seconds of RoI heads that train ``train`` GFLOPs and evaluate ``evaluate`` GFLOPs."""
-        train_rate = self.roi_train_gflops_per_s or self.train_rate(train)
-        eval_rate = self.roi_eval_gflops_per_s or self.eval_rate(evaluate)
-        return (train / train_rate if train else 0.0) + (evaluate / eval_rate if evaluate else 0.0)
+    def roi_train_rate(self, gflops: float) -> float:
+        """Training GFLOPs/s of RoI heads doing ``gflops`` per image: measured, else :meth:`train_rate`."""
+        return self.roi_train_gflops_per_s or self.train_rate(gflops)
+
+    def roi_eval_rate(self, gflops: float) -> float:
+        """Evaluation GFLOPs/s of RoI heads doing ``gflops`` per image: measured, else :meth:`eval_rate`."""
+        return self.roi_eval_gflops_per_s or self.eval_rate(gflops)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -469,9 +471,9 @@ POSITIVES_PER_OBJECT = 5.0
 class RoIWork:
     """Forward GFLOPs per image of a two-stage detector's RoI heads, which run once per RoI, not per pixel."""
 
-    train: float  # every stage's box head on its sampled RoIs, mask head on the positive ones
-    test: float  # every stage's box head on the RPN's proposals, every mask head on the detections
-    counted: float  # as a FLOP count includes them (secvit.downstream.run.model_complexity)
+    train: float = 0.0  # every stage's box head on its sampled RoIs, mask head on the positive ones
+    test: float = 0.0  # every stage's box head on the RPN's proposals, every mask head on the detections
+    counted: float = 0.0  # as a FLOP count includes them (secvit.downstream.run.model_complexity)
 
 
 def _head_gflops(head: dict[str, Any], extractor: dict[str, Any], flops: Flops) -> float:
@@ -504,7 +506,7 @@ def _roi_work(path: str, roi_scale: float, objects: float, flops: Flops) -> RoIW
     model = cfg.model
     head = model.get("roi_head")
     if not head:
-        return RoIWork(0.0, 0.0, 0.0)
+        return RoIWork()
     stages = head.get("num_stages", 1)
     boxes = head.bbox_head if isinstance(head.bbox_head, list) else [head.bbox_head] * stages
     box = [_head_gflops(b.to_dict(), head.bbox_roi_extractor.to_dict(), flops) for b in boxes]
@@ -604,7 +606,8 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         compute = extra_s + (train * gflops / rate.train_rate(gflops) if train else 0.0) \
             + (evals * eval_gflops / rate.eval_rate(eval_gflops) if evals else 0.0)
         if roi is not None:
-            compute += rate.roi_seconds(train * roi.train, evals * roi.test)
+            compute += (train * roi.train / rate.roi_train_rate(roi.train) if train and roi.train else 0.0) \
+                + (evals * roi.test / rate.roi_eval_rate(roi.test) if evals and roi.test else 0.0)
             gflops += roi.train
         stages.append(StagePlan(
             stage, kind, tables, peer, upstream, gflops, train, evals, r.devices if compute else 1, r.kind if compute else "CPU",
@@ -682,7 +685,7 @@ def plan(profile: str, params_path: Path = Path("params.yaml"), throughput: Thro
         at_ref = _dense_gflops(table, setting, model, ref, row_ref, flops)  # the whole model on one image of the reference size
         generated = (data.get("generate") or {}).get(dataset)
         objects = sum(COCO_OBJECTS) / 2 if generated else COCO_OBJECTS_PER_IMAGE
-        roi = _roi_work(sched["config"], sched["roi_scale"], objects, flops) if task == "detection" else RoIWork(0.0, 0.0, 0.0)
+        roi = _roi_work(sched["config"], sched["roi_scale"], objects, flops) if task == "detection" else RoIWork()
         per_pixel = (at_ref - roi.counted) / (ref[0] * ref[1])  # the rest of the model works per pixel
         test_area, train_area = _dense_areas(task, generated, sched["image_scale"])
         train_n, val_n = _count(data, dataset, "train"), _count(data, dataset, "val")
@@ -858,7 +861,8 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
     import mmseg.models  # noqa: F401
 
     dense_startup = serial() - tic
-    roi_train, roi_eval = _roi_rates(dev, dtype, clock, sync)
+    roi_gflops, roi_train_step, roi_eval_step = _roi_steps(dev, dtype)
+    roi_rates = [images_per_s(step, ROI_BATCH, 1, 2) * roi_gflops for step in (roi_train_step, roi_eval_step)]
     flops_of.save()
     state = {"model": training.model.state_dict(), "model_ema": training.ema.module.state_dict() if training.ema else None,
              "optimizer": training.optimizer.state_dict()}
@@ -882,17 +886,17 @@ def measure(profile: str, model: str, params_path: Path = Path("params.yaml"), s
         name, f"measured by `secvit bench train --profile {profile} --model {model}` ({steps} steps of batch {batch} at "
         f"{cfg.img_size}px, synthetic data" + ("; CPU busy time: an idle machine's wall time)" if dev.type == "cpu" else ")"),
         timings["train"] * gflops, timings["eval"] * gflops, startup, size / 1e9 / max(seconds, 1e-6), measured, curve, dense_startup,
-        roi_train, roi_eval,
+        *roi_rates,
     )
 
 
-#: RoIs per timed batch of :func:`_roi_rates` (a stage's heads see 64-1000 at a time)
+#: RoIs per timed batch of the RoI-head rates (a stage's heads see 64-1000 at a time)
 ROI_BATCH = 32
 
 
-def _roi_rates(dev: Any, dtype: Any, clock: Callable[[], float], sync: Callable[[], None]) -> tuple[float, float]:
-    """Training and evaluation GFLOPs/s of a two-stage detector's RoI heads on this device: mmdet's FCN mask
-    head (four 3x3 convolutions on 14x14 RoIs, the bulk of their work) on a batch of :data:`ROI_BATCH` RoIs."""
+def _roi_steps(dev: Any, dtype: Any) -> tuple[float, Callable[[], None], Callable[[], None]]:
+    """GFLOPs per RoI, a training step and an evaluation step of a two-stage detector's RoI heads on
+    :data:`ROI_BATCH` RoIs: mmdet's FCN mask head (four 3x3 convolutions on 14x14 RoIs, the bulk of their work)."""
     import torch
     from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 
@@ -902,28 +906,20 @@ def _roi_rates(dev: Any, dtype: Any, clock: Callable[[], float], sync: Callable[
     head = FCNMaskHead(num_convs=4, in_channels=256, conv_out_channels=256, num_classes=80).to(dev)
     rois = torch.randn(ROI_BATCH, 256, 14, 14, device=dev)
     with torch.no_grad():
-        gflops = count_flops(head.eval(), rois[:1])[0] / 1e9 * ROI_BATCH
+        gflops = count_flops(head.eval(), rois[:1])[0] / 1e9
 
     def train() -> None:
+        head.train()
         with autocast(dev, dtype):
             loss = head(rois).float().square().mean()
         loss.backward()
 
     def evaluate() -> None:
+        head.eval()
         with torch.no_grad(), autocast(dev, dtype):
             head(rois)
 
-    rates = []
-    for step, mode in ((train, True), (evaluate, False)):
-        head.train(mode)
-        step()
-        sync()
-        tic = clock()
-        for _ in range(2):
-            step()
-        sync()
-        rates.append(2 * gflops / (clock() - tic))
-    return rates[0], rates[1]
+    return gflops, train, evaluate
 
 
 def save_throughput(rate: Throughput, path: Path) -> Path:
