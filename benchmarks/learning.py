@@ -28,9 +28,10 @@ import numpy as np
 
 from secvit.data.layout import ADE_DIR
 from secvit.data.synthetic import make_ade20k, make_coco
-from secvit.downstream.run import Overrides, detection_summary, prepare_config, run, segmentation_summary, training_batch
+from secvit.downstream.config import CONFIGS, DETECTION_CONFIGS, SEGMENTATION_CONFIGS, Overrides, prepare_config, training_batch
+from secvit.downstream.metrics import detection_summary, segmentation_summary
+from secvit.downstream.runner import train_and_test
 from secvit.errors import SecvitError
-from secvit.pipelines.downstream import CONFIGS, DETECTION_CONFIGS, SEGMENTATION_CONFIGS
 
 WEIGHTS = Path("runs/smoke/pretrain/secvit_tiny/best.pth")
 # generated images: (height, width) and counts
@@ -136,7 +137,7 @@ def train(out: Path, setting: str, weights: Path) -> dict:
     else:
         cfg.param_scheduler = [warm, dict(type="PolyLR", eta_min=0.0, power=1.0, begin=warmup, end=length, by_epoch=False)]
     start = time.time()
-    raw = run(cfg)
+    raw = train_and_test(cfg)
     result = {"setting": setting, "config": str(path.relative_to(CONFIGS.parents[1])), "minutes": round((time.time() - start) / 60, 1),
               "length": length, "unit": "epochs" if task == "detection" else "iterations", **training_batch(cfg, 1)}
     if task == "detection":

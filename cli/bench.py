@@ -1,4 +1,4 @@
-"""Benchmark commands: ``secvit bench seca`` and ``secvit bench models``."""
+"""Benchmark commands: ``secvit bench seca``, ``models``, ``train`` and ``compile`` (secvit/bench/)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.table import Table
 
 from secvit.cli.common import console, user_errors
 
-app = typer.Typer(help="Speed benchmarks: SECA implementations and whole models (figures in docs/benchmarks.md).", no_args_is_help=True)
+app = typer.Typer(help="Speed benchmarks: SECA implementations, whole models, and this device's rates for `secvit plan` (figures in docs/benchmarks.md).", no_args_is_help=True)
 
 DeviceOpt = Annotated[str, typer.Option(help="Device to run on: cpu, cuda, cuda:1, ...")]
 BatchOpt = Annotated[int, typer.Option(help="Batch size.")]
@@ -38,7 +38,8 @@ def _progress():
 @user_errors
 def seca(device: DeviceOpt = "cpu", batch: BatchOpt = 8, rounds: RoundsOpt = 7, threads: ThreadsOpt = None, json_out: JsonOpt = False, markdown: MarkdownOpt = False) -> None:
     """Appendix-E code vs seca_reference vs seca_fast at the four SecViT-S stage shapes (224x224)."""
-    from secvit.bench import bench_seca, environment
+    from secvit.bench import environment
+    from secvit.bench.seca import bench_seca
 
     threads_arg = _threads(threads)
 
@@ -50,7 +51,7 @@ def seca(device: DeviceOpt = "cpu", batch: BatchOpt = 8, rounds: RoundsOpt = 7, 
         print(json.dumps(result, indent=1))
         return
     if markdown:
-        from secvit.bench import seca_markdown
+        from secvit.bench.seca import seca_markdown
 
         print(seca_markdown(result))
         return
@@ -84,7 +85,8 @@ def models(
     markdown: MarkdownOpt = False,
 ) -> None:
     """Inference and training-step throughput and peak memory of models, fp32 and bf16, in one run."""
-    from secvit.bench import bench_models, environment
+    from secvit.bench import environment
+    from secvit.bench.models import bench_models
     from secvit.errors import SecvitError
 
     threads_arg = _threads(threads)
@@ -109,7 +111,7 @@ def models(
         print(json.dumps(result, indent=1))
         return
     if markdown:
-        from secvit.bench import models_markdown
+        from secvit.bench.models import models_markdown
 
         print(models_markdown(result))
         return
@@ -142,7 +144,8 @@ def train(
                                                 show_default=False)] = None,
 ) -> None:
     """Measure this device's training and evaluation rates (GFLOPs/s) and a stage's start-up for `secvit plan`."""
-    from secvit.orchestrate.plan import measure, save_throughput
+    from secvit.bench.train import measure
+    from secvit.cost.rates import save_throughput
 
     _threads(threads)
     rate = measure(profile, model, params, steps=steps, device=device)
@@ -155,7 +158,45 @@ def train(
     )
 
 
+@user_errors
+def compile(  # noqa: A001 - the command's name
+    profile: Annotated[str, typer.Option(help="Profile whose recipe is timed (optimizer, EMA, autocast, channels-last).")] = "paper",
+    model: Annotated[str, typer.Option(help="Model to time.")] = "secvit_tiny",
+    batch: Annotated[int | None, typer.Option(help="Images per step (default: the profile's batch per device).", show_default=False)] = None,
+    img_size: Annotated[int | None, typer.Option(help="Square input size (default: the profile's).", show_default=False)] = None,
+    rounds: RoundsOpt = 5,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).", show_default=False)] = None,
+    threads: ThreadsOpt = None,
+    json_out: JsonOpt = False,
+    markdown: MarkdownOpt = False,
+) -> None:
+    """The pretraining step eager and compiled (torch.compile, inductor), with the compile time: does `compile: true` pay?"""
+    from secvit.bench import environment
+    from secvit.bench.compile import bench_compile, compile_markdown
+
+    threads_arg = _threads(threads)
+    with _progress() as progress:
+        task = progress.add_task("compile")
+        result = bench_compile(profile, model, batch=batch, img_size=img_size, rounds=rounds, device=device,
+                               progress=lambda m: progress.update(task, description=m))
+    command = (
+        f"secvit bench compile --profile {profile} --model {model}" + (f" --batch {batch}" if batch else "")
+        + (f" --img-size {img_size}" if img_size else "") + f" --rounds {rounds}" + (f" --device {device}" if device else "") + threads_arg
+    )
+    result = {"environment": environment(result["device"]), "command": command, **result}
+    if json_out:
+        print(json.dumps(result, indent=1))
+    elif markdown:
+        print(compile_markdown(result))
+    else:
+        even = f"pays back after {result['break_even_steps']:,} steps" if result["break_even_steps"] else "never pays back"
+        console.print(
+            f"{model}, batch {result['batch']} at {result['img_size']} on {result['device']}: eager {result['eager_ms']:,.1f} ms/step, "
+            f"compiled {result['compiled_ms']:,.1f} ms/step ({result['speedup']:.2f}x) after {result['compile_s']:,.1f} s compiling: {even}"
+        )
+
+
 def register(root: typer.Typer) -> None:
-    for func in (seca, models, train):
+    for func in (seca, models, train, compile):
         app.command(name=func.__name__)(func)
     root.add_typer(app, name="bench")

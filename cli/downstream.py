@@ -14,7 +14,8 @@ from secvit.cli.train import ExecutorOpt
 ModelOpt = Annotated[str, typer.Option(help="Backbone, e.g. secvit_small (any model of `secvit list-models`).")]
 WeightsOpt = Annotated[
     Path | None,
-    typer.Option(help="Backbone ImageNet weights: a released checkpoint or ours (default: runs/<profile>/pretrain/<model>/best.pth)."),
+    typer.Option(help="Backbone ImageNet weights: a checkpoint file, ours by default (runs/<profile>/pretrain/<model>/best.pth); "
+                 "released:<model>: the profile's released file (params.yaml released.checkpoints), a run of the released lane."),
 ]
 
 
@@ -34,12 +35,12 @@ def detect(
     Checkpoints go to runs/<profile>/detection/<model>-<detector>-<schedule>/ (a rerun resumes there);
     box/mask AP, params and FLOPs to results/<profile>/detection/<...>/metrics.json.
     """
-    from secvit.gpu import allow_cpu as opt_in_cpu
+    from secvit.device import allow_cpu as opt_in_cpu
     from secvit.pipelines.downstream import detect_stage
-    from secvit.orchestrate.launch import run_stage
+    from secvit.orchestrate.launch import launch_stage
 
     opt_in_cpu(allow_cpu)
-    result = run_stage(
+    result = launch_stage(
         "detect", detect_stage, executor, profile=profile, model=model, detector=detector, schedule=schedule, weights=weights, params=params,
         device=device,
     )
@@ -62,12 +63,12 @@ def segment(
     Checkpoints go to runs/<profile>/segmentation/<model>-<head>/ (a rerun resumes there);
     mIoU, params and FLOPs to results/<profile>/segmentation/<model>-<head>/metrics.json.
     """
-    from secvit.gpu import allow_cpu as opt_in_cpu
+    from secvit.device import allow_cpu as opt_in_cpu
     from secvit.pipelines.downstream import segment_stage
-    from secvit.orchestrate.launch import run_stage
+    from secvit.orchestrate.launch import launch_stage
 
     opt_in_cpu(allow_cpu)
-    result = run_stage(
+    result = launch_stage(
         "segment", segment_stage, executor, profile=profile, model=model, head=head, weights=weights, params=params, device=device
     )
     if result is not None:

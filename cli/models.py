@@ -27,14 +27,15 @@ def complexity(
 ) -> None:
     """Parameters and FLOPs (fvcore) at 1x3xSxS of MODEL, or (--profile) the complexity stage."""
     from secvit.complexity import measure
-    from secvit.gpu import allow_cpu as opt_in_cpu
-    from secvit.orchestrate.slurm import run_on_slurm, use_slurm
+    from secvit.device import allow_cpu as opt_in_cpu
+    from secvit.orchestrate.env import executor_choice
+    from secvit.orchestrate.slurm import submit_and_wait
 
     opt_in_cpu(allow_cpu)
-    if use_slurm(executor) and (profile is not None or executor is not None):  # $SECVIT_EXECUTOR: stages only
+    if executor_choice(executor) == "slurm" and (profile is not None or executor is not None):  # $SECVIT_EXECUTOR: stages only
         if profile is None:
             raise SecvitError("--executor slurm runs the complexity stage only; add --profile smoke|paper")
-        run_on_slurm("complexity", {"profile": profile, "params": params, "device": device}, profile, params)
+        submit_and_wait("complexity", {"profile": profile, "params": params, "device": device})
         return
     if profile is not None:
         from secvit.pipelines.complexity import complexity_stage

@@ -1,4 +1,4 @@
-"""`secvit plan`: what the study costs before anything runs (orchestrate/plan.py)."""
+"""`secvit plan`: what the study costs before anything runs (secvit/cost/)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,16 @@ def plan(
     params: ParamsOpt = Path("params.yaml"),
     stage: Annotated[list[str] | None, typer.Option(help="Only these stages (shell patterns, e.g. 'detect@paper-*'); repeatable.",
                                                      show_default=False)] = None,
+    lane: Annotated[list[str] | None, typer.Option(help="released, ours or both (default: params.yaml released.lanes).",
+                                                   show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Device-hours and wall time of every stage of a profile, the total, each paper table's share and the peers'."""
-    from secvit.orchestrate.plan import load_throughput, plan as make_plan, render
+    """Device-hours and wall time of every stage of a profile, the total, each paper table's share, the peers', and
+    how soon each lane gives its first trustworthy number."""
+    from secvit.cost.plan import plan as make_plan, render
+    from secvit.cost.rates import load_throughput
 
-    result = make_plan(profile, params, load_throughput(throughput, params.parent), executor, only=stage)
+    result = make_plan(profile, params, load_throughput(throughput, params.parent), executor, only=stage, lanes=lane)
     print(json.dumps(result.to_dict(), indent=1) if json_out else render(result))
 
 

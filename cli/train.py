@@ -40,12 +40,12 @@ def pretrain(
     Checkpoints go to runs/<profile>/pretrain/<run>/ and training resumes from last.pth there;
     metrics and curves go to results/<profile>/pretrain/<run>/.
     """
-    from secvit.gpu import allow_cpu as opt_in_cpu
-    from secvit.orchestrate.launch import run_stage
+    from secvit.device import allow_cpu as opt_in_cpu
+    from secvit.orchestrate.launch import launch_stage
     from secvit.pipelines.pretrain import pretrain_stage
 
     opt_in_cpu(allow_cpu)
-    metrics = run_stage(
+    metrics = launch_stage(
         "pretrain", pretrain_stage, executor, profile=profile, model=model, clusters=clusters, ablation=ablation, params=params, device=device
     )
     if metrics is not None:
@@ -56,7 +56,8 @@ def evaluate(
     model: Annotated[str, typer.Option(help="Backbone, e.g. secvit_small.")],
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="Checkpoint: released .pth, ours (e.g. the run's last.pth), or .safetensors (default: the run's best.pth)."),
+        typer.Option(help="Checkpoint: released .pth, ours (e.g. the run's last.pth), or .safetensors (default: the run's best.pth); "
+                     "released:<model> is the profile's released file (params.yaml released.checkpoints, hash-checked)."),
     ] = None,
     profile: ProfileOpt = "smoke",
     params: ParamsOpt = Path("params.yaml"),
@@ -73,12 +74,12 @@ def evaluate(
     results/<profile>/pretrain/<model>/eval.json too. A checkpoint holding raw and EMA weights
     (last.pth, released files) is evaluated with both.
     """
-    from secvit.gpu import allow_cpu as opt_in_cpu
+    from secvit.device import allow_cpu as opt_in_cpu
     from secvit.pipelines.evaluate import evaluate_stage
-    from secvit.orchestrate.launch import run_stage
+    from secvit.orchestrate.launch import launch_stage
 
     opt_in_cpu(allow_cpu)
-    result = run_stage(
+    result = launch_stage(
         "evaluate", evaluate_stage, executor, profile=profile, model=model, checkpoint=checkpoint, data=data, out=out, params=params, device=device
     )
     if result is not None:

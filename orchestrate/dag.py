@@ -16,30 +16,36 @@ everything below it alone.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
+from rich.console import Console
+
 from secvit.errors import SecvitError
-from secvit.orchestrate.slurm import stage_env
+from secvit.orchestrate.env import stage_env
 
 SHELL_CHARS = set(";&|<>$`\\\"'*?(){}[]~#\n")
 #: The wall and CPU time of each stage that the local runner completed, in its logs directory: what
-#: ``secvit plan``'s estimates are checked against (tests/test_pipeline.py).
+#: ``secvit plan``'s estimates are compared with (benchmarks/plan_vs_run.py).
 STAGE_TIMES = "stage_times.json"
 
 
 @dataclass(frozen=True)
-class StalePlan:
+class StaleStage:
     """A stage to run, or to check again: its DVC name, interpolated command, working directory and
-    the planned stages directly upstream of it.
+    the stale stages directly upstream of it.
 
-    ``conditional``: the stage is up to date now, but a planned stage upstream of it will run first
+    ``conditional``: the stage is up to date now, but a stale stage upstream of it will run first
     (it is stale, or ``always_changed``). As ``dvc repro`` does, the executors check it again once
     those have finished and run it only if its dependencies changed (:func:`still_changed`)."""
 
@@ -48,6 +54,7 @@ class StalePlan:
     wdir: Path
     upstream: tuple[str, ...]
     conditional: bool = False
+    why: str = ""  # what changed, in DVC's words (``dvc status``), for a stage that is to run
 
 
 # ---- which stages are stale (DVC's graph)
@@ -56,7 +63,7 @@ class StalePlan:
 @contextlib.contextmanager
 def dvc_repo(root: Path) -> Iterator[Any]:
     """The DVC repo at ``root``, opened from there (targets resolve as on the command line)."""
-    from dvc.repo import Repo
+    from dvc.repo import Repo  # heavy: DVC and its dependencies take a second to import; loaded when a repo is opened
 
     with contextlib.chdir(root), Repo(".") as repo:
         yield repo
@@ -74,14 +81,15 @@ def _command(stage: Any) -> str:
     return " && ".join(stage.cmd) if isinstance(stage.cmd, list) else str(stage.cmd)
 
 
-def stale_stages(root: Path, targets: list[str]) -> list[StalePlan]:
+def stale_stages(root: Path, targets: list[str], explain: bool = False) -> list[StaleStage]:
     """The stages among ``targets`` and everything upstream that ``dvc repro`` may run, upstream first.
 
     A stage that has changed (``stage.changed()``: command, params, deps or outs differ from
-    dvc.lock; always for ``always_changed``) is planned to run. A stage that has not, but has a
-    planned stage upstream, is planned ``conditional``: DVC does not re-run it because an upstream
-    stage ran, only if that run changed its dependencies."""
-    import networkx as nx
+    dvc.lock; always for ``always_changed``) is to run. A stage that has not, but has a stale
+    stage upstream, is ``conditional``: DVC does not re-run it because an upstream
+    stage ran, only if that run changed its dependencies. ``explain``: each stage to run says why (``why``: DVC's
+    status of it, which hashes its dependencies again; for ``--dry-run``)."""
+    import networkx as nx  # DVC's graph library, loaded with DVC (heavy)
     from dvc.repo import lock_repo
 
     with dvc_repo(root) as repo, lock_repo(repo):
@@ -89,21 +97,56 @@ def stale_stages(root: Path, targets: list[str]) -> list[StalePlan]:
         wanted = {s for t in targets for s in _select(list(graph.nodes), t)}
         closure = wanted.union(*(nx.descendants(graph, s) for s in wanted))
         order = list(reversed(list(nx.topological_sort(graph.subgraph(closure)))))
-        plans: dict[Any, StalePlan] = {}
+        found: dict[Any, StaleStage] = {}
+        lock = root / "dvc.lock"
+        locked = set((yaml.safe_load(lock.read_text()) or {}).get("stages", {})) if lock.exists() else set()
         for stage in order:
             if not stage.cmd or stage.frozen:
                 continue
-            upstream = tuple(u.addressing for u in graph.successors(stage) if u in plans)
+            upstream = tuple(u.addressing for u in graph.successors(stage) if u in found)
             if stage.changed():
-                plans[stage] = StalePlan(stage.addressing, _command(stage), Path(stage.wdir), upstream)
+                found[stage] = StaleStage(stage.addressing, _command(stage), Path(stage.wdir), upstream,
+                                           why=(_why(stage) if stage.addressing in locked else "never run: no entry in dvc.lock") if explain else "")
             elif upstream:
-                plans[stage] = StalePlan(stage.addressing, _command(stage), Path(stage.wdir), upstream, conditional=True)
-        return list(plans.values())
+                found[stage] = StaleStage(stage.addressing, _command(stage), Path(stage.wdir), upstream, conditional=True)
+        return list(found.values())
+
+
+def _why(stage: Any) -> str:
+    """What DVC finds changed in ``stage`` (its ``dvc status`` entry), in one line."""
+    parts: list[str] = []
+    for item in stage.status().get(stage.addressing, []):
+        if isinstance(item, str):
+            parts.append(item)
+            continue
+        for kind, changes in item.items():
+            listed = []
+            for path, state in changes.items():
+                if isinstance(state, dict):  # params: name -> state
+                    listed += [f"{name} ({what})" for name, what in state.items()]
+                else:
+                    listed.append(f"{path} ({state})")
+            more = f" and {len(listed) - 5} more" if len(listed) > 5 else ""
+            parts.append(f"{kind}: {', '.join(listed[:5])}{more}")
+    return "; ".join(parts) or "changed"
+
+
+def target_closure(root: Path, targets: list[str]) -> list[str]:
+    """The stages of ``targets`` and everything upstream, upstream first (what ``dvc repro`` looks at)."""
+    import networkx as nx  # DVC's graph library, loaded with DVC (heavy)
+    from dvc.repo import lock_repo
+
+    with dvc_repo(root) as repo, lock_repo(repo):
+        graph = repo.index.graph
+        wanted = {s for t in targets for s in _select(list(graph.nodes), t)}
+        closure = wanted.union(*(nx.descendants(graph, s) for s in wanted))
+        order = reversed(list(nx.topological_sort(graph.subgraph(closure))))
+        return [s.addressing for s in order if s.cmd and not s.frozen]
 
 
 def still_changed(root: Path, names: list[str]) -> set[str]:
     """Those of the stages ``names`` that have changed now (checked once their upstream stages ran)."""
-    from dvc.repo import lock_repo
+    from dvc.repo import lock_repo  # heavy: DVC
 
     if not names:
         return set()
@@ -117,7 +160,7 @@ def fingerprints(root: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     hashes of its dependencies that no stage writes (the code). Two equal fingerprints mean a job
     submitted for the stage runs what the stage asks now (the outputs of the stages upstream are
     checked when those run, :func:`lock_outs`). Keys: ``cmd``, ``params``, ``deps``."""
-    from dvc.dependency.param import ParamsDependency
+    from dvc.dependency.param import ParamsDependency  # heavy: DVC
     from dvc.repo import lock_repo
 
     found: dict[str, dict[str, Any]] = {}
@@ -145,8 +188,6 @@ def _overlap(a: str, b: str) -> bool:
 
 def _jsonable(value: Any) -> Any:
     """Params as JSON stores them (tuples as lists), so a fingerprint read back compares equal."""
-    import json
-
     return json.loads(json.dumps(value, default=str))
 
 
@@ -163,8 +204,6 @@ def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list
 
 def lock_outs(root: Path, name: str) -> dict[str, Any] | None:
     """The outputs (path -> hash) that dvc.lock records for stage ``name``; None without an entry."""
-    import yaml
-
     path = root / "dvc.lock"
     if not path.exists():
         return None
@@ -178,7 +217,7 @@ def commit_stage(root: Path, name: str, tries: int = 5) -> None:
     """``dvc commit -f --no-relink <name>``: record the stage's deps and outs in dvc.lock and
     its outs in the cache. No relink: the workspace files stay as they are, because stages
     downstream may be reading them right now (relinking deletes and re-creates them)."""
-    from dvc.lock import LockError
+    from dvc.lock import LockError  # heavy: DVC
 
     for attempt in range(tries):
         try:
@@ -191,13 +230,20 @@ def commit_stage(root: Path, name: str, tries: int = 5) -> None:
             time.sleep(2.0)
 
 
+def dvc_executable() -> str:
+    """DVC from the same environment as this secvit."""
+    local = Path(sys.executable).with_name("dvc")
+    found = str(local) if local.exists() else shutil.which("dvc")
+    if not found:
+        raise SecvitError("dvc is not installed in this environment; run scripts/env.sh")
+    return found
+
+
 def relink(root: Path, stages: list[str]) -> None:
     """``dvc checkout --relink --with-deps <stages>`` once every stage has run: their outputs become links
     into DVC's cache (``.dvc/config``: ``cache.type``), so a checkpoint exists once on disk. DVC leaves
     copies where it commits with stages still reading (``--jobs``, SLURM) and for persistent outputs.
     A failure only costs disk, and is a note."""
-    from secvit.orchestrate.repro import dvc_executable
-
     result = subprocess.run([dvc_executable(), "checkout", "--relink", "--with-deps", "-q", *stages], cwd=root, env=stage_env(),
                             capture_output=True, text=True)
     if result.returncode != 0:
@@ -210,12 +256,12 @@ def command_argv(cmd: str) -> list[str]:
     return shlex.split(cmd) if not SHELL_CHARS & set(cmd) else ["/bin/sh", "-c", cmd]
 
 
-def downstream_of(plans: list[StalePlan], name: str) -> list[str]:
-    """The plans that depend on ``name``, directly or through others (``plans`` upstream first)."""
+def downstream_of(stale: list[StaleStage], name: str) -> list[str]:
+    """The stale that depend on ``name``, directly or through others (``stale`` upstream first)."""
     found: list[str] = []
-    for plan in plans:
-        if name in plan.upstream or set(found) & set(plan.upstream):
-            found.append(plan.name)
+    for stage in stale:
+        if name in stage.upstream or set(found) & set(stage.upstream):
+            found.append(stage.name)
     return found
 
 
@@ -224,7 +270,7 @@ def downstream_of(plans: list[StalePlan], name: str) -> list[str]:
 
 @dataclass
 class _Running:
-    plan: StalePlan
+    stage: StaleStage
     process: subprocess.Popen
     log: TextIO
     path: Path
@@ -239,8 +285,6 @@ def _tail(path: Path, lines: int = 25) -> str:
 def record_time(logs: Path, stage: str, seconds: float, cpu_seconds: float | None, jobs: int, threads: int) -> None:
     """Add a completed stage's wall time and its process's CPU time (user + system; on an idle machine, a
     one-thread stage's wall time), the stages allowed at once and each one's threads to ``logs/stage_times.json``."""
-    import json
-
     path = logs / STAGE_TIMES
     try:
         times = json.loads(path.read_text()) if path.is_file() else {}
@@ -265,8 +309,8 @@ def _poll(process: subprocess.Popen) -> tuple[int | None, float | None]:
     return process.returncode, usage.ru_utime + usage.ru_stime
 
 
-def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> None:
-    """Run ``plans`` (from :func:`stale_stages`) as up to ``jobs`` local processes at once, each
+def run_parallel(root: Path, stale: list[StaleStage], jobs: int, logs: Path) -> None:
+    """Run ``stale`` (from :func:`stale_stages`) as up to ``jobs`` local processes at once, each
     once its upstream stages are committed (a conditional one only if they changed its
     dependencies); commit each as it completes.
 
@@ -276,32 +320,30 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
     :class:`SecvitError` follows. Ctrl-C stops the running stages (they get the signal too;
     training resumes from its last checkpoint next time) and commits nothing more.
     """
-    from rich.console import Console
-
     console = Console(stderr=True, highlight=False)
     logs.mkdir(parents=True, exist_ok=True)
     env = stage_env()
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    pending = list(plans)
+    pending = list(stale)
     running: dict[str, _Running] = {}
     committed: set[str] = set()
     failed: list[str] = []
     skipped: set[str] = set()
     current: set[str] = set()  # conditional stages found up to date once their upstream ran
     began = time.monotonic()
-    downstream = {p.name: len(downstream_of(plans, p.name)) for p in plans}
+    downstream = {p.name: len(downstream_of(stale, p.name)) for p in stale}
 
-    def priority(plan: StalePlan) -> tuple[bool, int]:
+    def priority(stage: StaleStage) -> tuple[bool, int]:
         """Stages that wait on nothing first (a long independent stage, such as complexity, then
         overlaps the rest instead of running alone at the end), then those that more stages wait on."""
-        return bool(plan.upstream), -downstream[plan.name]
+        return bool(stage.upstream), -downstream[stage.name]
 
-    def start(plan: StalePlan) -> None:
-        path = logs / f"{plan.name}.log"
+    def start(stage: StaleStage) -> None:
+        path = logs / f"{stage.name}.log"
         log = path.open("w")
-        process = subprocess.Popen(command_argv(plan.cmd), cwd=root / plan.wdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        running[plan.name] = _Running(plan, process, log, path)
-        console.print(f"[cyan]started[/] {plan.name}", f"[dim]({os.path.relpath(path)})", soft_wrap=True)
+        process = subprocess.Popen(command_argv(stage.cmd), cwd=root / stage.wdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        running[stage.name] = _Running(stage, process, log, path)
+        console.print(f"[cyan]started[/] {stage.name}", f"[dim]({os.path.relpath(path)})", soft_wrap=True)
 
     def finish(name: str, returncode: int, cpu_seconds: float | None = None) -> None:
         run = running.pop(name)
@@ -322,7 +364,7 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
             console.print(_tail(run.path), markup=False)
             console.print(f"[red]stage {name} failed[/] (exit {returncode}) after {seconds:.0f} s; log: {run.path}")
             failed.append(name)
-        skipped.update(downstream_of(plans, name))
+        skipped.update(downstream_of(stale, name))
         pending[:] = [p for p in pending if p.name not in skipped]
 
     try:
@@ -332,20 +374,20 @@ def run_parallel(root: Path, plans: list[StalePlan], jobs: int, logs: Path) -> N
                 check = [p.name for p in ready if p.conditional]
                 if check:  # their upstream stages ran: run them only if that changed their dependencies
                     changed = still_changed(root, check)
-                    for plan in [p for p in ready if p.conditional and p.name not in changed]:
-                        pending.remove(plan)
-                        ready.remove(plan)
-                        current.add(plan.name)
-                        console.print(f"[green]up to date[/] {plan.name} [dim](its dependencies did not change)")
-                for plan in ready[: jobs - len(running)]:
-                    pending.remove(plan)
-                    start(plan)
+                    for stage in [p for p in ready if p.conditional and p.name not in changed]:
+                        pending.remove(stage)
+                        ready.remove(stage)
+                        current.add(stage.name)
+                        console.print(f"[green]up to date[/] {stage.name} [dim](its dependencies did not change)")
+                for stage in ready[: jobs - len(running)]:
+                    pending.remove(stage)
+                    start(stage)
                 for name, run in list(running.items()):
                     code, cpu_seconds = _poll(run.process)
                     if code is not None:
                         finish(name, code, cpu_seconds)
                 status.update(
-                    f"{len(committed)}/{len(plans)} stages done, running: {', '.join(running) or '-'} "
+                    f"{len(committed)}/{len(stale)} stages done, running: {', '.join(running) or '-'} "
                     f"({time.monotonic() - began:.0f} s)"
                 )
                 time.sleep(0.5)

@@ -1,4 +1,8 @@
-"""One process, several devices: a stage started once launches one DDP process per device.
+"""How one stage command runs: here, as one DDP process per device, or as a SLURM job (``--executor``).
+
+:func:`launch_stage` is where every stage command (``secvit pretrain``, ``evaluate``, ``complexity``,
+``detect``, ``segment``) goes: with ``--executor slurm`` (or ``SECVIT_EXECUTOR=slurm``) it becomes a SLURM
+job (:func:`secvit.orchestrate.slurm.submit_and_wait`); else it runs here.
 
 ``dvc repro`` (or any plain ``secvit pretrain ...``) inside an allocation with several GPUs
 starts each stage as one process; :func:`per_device` then runs the stage function in one
@@ -16,39 +20,26 @@ processes using gloo, a stand-in for GPUs in tests and on laptops.
 from __future__ import annotations
 
 import functools
+import logging
 import os
-import signal
 import sys
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import torch
+
+from secvit.engine.distributed import STOP_EXIT_CODE, ignore_stop_signals, launched_world_size
 from secvit.errors import SecvitError
+from secvit.orchestrate.env import executor_choice
+from secvit.device import visible_devices
+from secvit.orchestrate.slurm import submit_and_wait
 
-CPU_DEVICES_VAR = "SECVIT_CPU_DEVICES"
 T = TypeVar("T")
-
-
-def visible_devices() -> int:
-    """Visible CUDA GPUs, or (no CUDA) the ``SECVIT_CPU_DEVICES`` stand-in count (default 1)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.device_count()
-    raw = os.environ.get(CPU_DEVICES_VAR, "1")
-    try:
-        count = int(raw)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise SecvitError(f"{CPU_DEVICES_VAR} must be a positive integer, got {raw!r}")
-    return count
 
 
 def in_distributed_run() -> bool:
     """True inside a process that a launcher (torchrun, SLURM tasks) already placed in a process group."""
-    from secvit.engine.distributed import launched_world_size
-
     return launched_world_size() is not None
 
 
@@ -68,8 +59,6 @@ def single_node_note(devices: int) -> str | None:
 def quiet_launcher_logs() -> None:
     """Keep torch's launcher from logging a failed process's traceback and the stopping of the others:
     the failure is reported once, in one line (the process's own output still shows everything)."""
-    import logging
-
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(("torch.distributed.elastic", "torch.multiprocessing")):
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -87,6 +76,7 @@ def per_device(fn: Callable[..., T], *args: Any) -> T:
             print(note, file=sys.stderr, flush=True)
     if devices == 1:
         return fn(*args)
+    # torch's elastic launcher: a second or more to import, and only for several devices
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -103,11 +93,11 @@ def per_device(fn: Callable[..., T], *args: Any) -> T:
         monitor_interval=0.5,
     )
     quiet_launcher_logs()
-    from secvit.engine.distributed import STOP_EXIT_CODE, STOP_SIGNAL
-
-    # SLURM's pre-timeout signal is for the training processes (they checkpoint and stop), not for
-    # their launcher; ignored here, it stays ignored in them until they listen for it
-    signal.signal(STOP_SIGNAL, signal.SIG_IGN)
+    # SLURM's stop signals (TERM, USR1, USR2) are for the training processes (they finish the step in flight,
+    # checkpoint and stop), not for their launcher: ignored here, and ignored in them until they listen for them.
+    # The launcher must not trade TERM for its own shutdown either (it would kill them before they save).
+    ignore_stop_signals()
+    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"
     try:
         results = elastic_launch(config, fn)(*args)
     except ChildFailedError as e:
@@ -120,14 +110,12 @@ def per_device(fn: Callable[..., T], *args: Any) -> T:
     return results[0]
 
 
-def run_stage(command: str, fn: Callable[..., T], executor: str | None, **options: Any) -> T | None:
+def launch_stage(command: str, fn: Callable[..., T], executor: str | None, **options: Any) -> T | None:
     """Run the stage ``secvit <command> <options>``: as a SLURM job (``--executor slurm`` or
     ``$SECVIT_EXECUTOR``; waits for it and returns None), else ``fn(**options)`` here, once per
     visible device (:func:`per_device`). ``options`` holds ``profile`` and ``params``."""
-    from secvit.orchestrate.slurm import run_on_slurm, use_slurm
-
-    if use_slurm(executor):
-        run_on_slurm(command, options, options["profile"], options["params"])
+    if executor_choice(executor) == "slurm":
+        submit_and_wait(command, options)
         return None
     # the launcher names processes after the function: a partial carries fn's name
     return per_device(functools.update_wrapper(functools.partial(fn, **options), fn))

@@ -1,116 +1,91 @@
-"""`secvit repro all`: run what is stale in one profile's part of the DAG, through DVC."""
+"""`secvit repro`: run what is stale in a profile's part of the DAG (or what targets need), through DVC.
+
+Targets are resolved on the study model (:mod:`secvit.study`): ``all``, a paper table, a run key, a stage
+or a stage group. The stale stages are DVC's (:func:`secvit.orchestrate.dag.stale_stages`), less those that
+``peers.<profile>: false`` leaves out and those of a lane not run (``--lane``, params.yaml ``released.lanes``);
+the local executor (here) and the SLURM executor (:mod:`.slurm_dag`) run exactly those.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import yaml
+import torch
 
 from secvit.errors import SecvitError
+from secvit.orchestrate.dag import StaleStage, dvc_executable, relink, run_parallel, stale_stages, target_closure
+from secvit.orchestrate.env import stage_env
 from secvit.params import check_profile
 from secvit.runs import PLOTS, TABLES, logs_dir, results_root, tables_file
-from secvit.orchestrate.slurm import stage_env
-
-if TYPE_CHECKING:
-    from secvit.orchestrate.dag import StalePlan
-
-
-def targets(profile: str) -> list[str]:
-    """The final stages of a profile; `dvc repro` runs everything upstream that is stale."""
-    return [f"tables@{profile}", f"figures@{profile}"]
+from secvit.runs import LANES
+from secvit.study import FINAL_KINDS, Study, check_lanes, load_study
+from secvit.tables.paper import load_paper_tables
 
 
-def run_stages(params: dict[str, Any], profile: str) -> dict[str, list[str]]:
-    """The profile's runs (keys as in results/<profile>/: ``secvit_tiny``, ``secvit_tiny-no_lce``,
-    ``secvit_small-c64-16-4-1``, ``secvit_tiny-mask_rcnn-1x``) -> the dvc.yaml stages that make them."""
-    found: dict[str, list[str]] = {}
-    prefix = f"{profile}-"
-    for group, stages in (("runs", ("pretrain", "evaluate")), ("detection_runs", ("detect",)), ("segmentation_runs", ("segment",))):
-        for key, run in (params.get(group) or {}).items():
-            if run.get("profile") == profile:
-                found[key.removeprefix(prefix)] = [f"{stage}@{key}" for stage in stages]
-    sweep, ablations = params.get("sweep") or {}, params.get("ablations") or {}
-    for clusters in sweep.get("clusters") or []:
-        found[f"{sweep['model']}-c{clusters}"] = [f"sweep@{profile}-{clusters}"]
-    for variant in ablations.get("variants") or []:
-        found[f"{ablations['model']}-{variant}"] = [f"ablate@{profile}-{variant}"]
-    return found
+def resolve_targets(study: Study, profile: str, names: list[str] | None, lanes: list[str] | None = None) -> list[str]:
+    """``secvit repro`` targets as dvc.yaml stage names: ``all`` (the default: the profile's tables and
+    figures), a table (``table4``: the stages whose results it shows), a run key (``secvit_tiny``,
+    ``secvit_tiny-mask_rcnn-1x``: the stages that make that run; ``released:secvit_tiny``: the released lane's),
+    a stage (``pretrain@smoke-secvit_tiny``) or a stage group (``data-smoke``: its stages in the profile).
+
+    Only the lanes run (``lanes``; default params.yaml ``released.lanes``): ``table3`` with ``--lane released`` is
+    the released lane's dense runs. With one lane, ``all`` is that lane's stages (:func:`one_lane`)."""
+    check_profile(profile)
+    names = list(names or ["all"])
+    found = _resolve(study, profile, names, one_lane(study, profile, lanes))
+    skipped = {s for s in study.left_out(profile, lanes) if study[s].lane}
+    kept = [name for name in found if name not in skipped]
+    if found and not kept:
+        raise SecvitError(f"{', '.join(names)}: nothing in the {'/'.join(_lanes(study, profile, lanes))} lane of the {profile} profile")
+    return kept
 
 
-def table_stages(params: dict[str, Any], profile: str, table: str) -> list[str]:
-    """The stages whose results table ``table`` (``table1`` ... ``table8``) of the paper shows."""
-    from secvit.tables.paper import load_paper_tables
-
-    tables = load_paper_tables()
-    if table not in tables:
-        raise SecvitError(f"unknown table {table!r}; the paper's tables are {', '.join(tables)}")
-    task = tables[table].task
-    runs = params.get("runs") or {}
-    mine = {k: r for k, r in runs.items() if r.get("profile") == profile}
-    if task == "classification":
-        return [f"complexity@{profile}", *(f"{s}@{k}" for k in mine for s in ("pretrain", "evaluate"))]
-    if task in ("detection", "segmentation"):
-        group, stage = ("detection_runs", "detect") if task == "detection" else ("segmentation_runs", "segment")
-        settings = [{k: v for k, v in sec.setting.items() if k != "iters"} for sec in tables[table].sections]
-        return [
-            f"{stage}@{key}"
-            for key, run in (params.get(group) or {}).items()
-            if run.get("profile") == profile and any(all(run.get(k) == v for k, v in s.items()) for s in settings)
-        ]
-    if task == "ablation":
-        model = params["ablations"]["model"]
-        return [f"complexity@{profile}", f"pretrain@{profile}-{model}", *(f"ablate@{profile}-{v}" for v in params["ablations"]["variants"])]
-    if task == "clusters":
-        model = params["sweep"]["model"]
-        return [f"complexity@{profile}", f"pretrain@{profile}-{model}", *(f"sweep@{profile}-{c}" for c in params["sweep"]["clusters"])]
-    return [f"complexity@{profile}"]  # architecture: the measured structure and complexity
+def _lanes(study: Study, profile: str, lanes: list[str] | None) -> tuple[str, ...]:
+    return check_lanes(lanes) if lanes else study.lanes.get(profile, LANES)
 
 
-def resolve_targets(root: Path, profile: str, names: list[str] | None) -> list[str]:
-    """``secvit repro`` targets as dvc.yaml stage names: ``all`` (the default: the whole profile), a
-    table (``table4``: what it shows), a run key (``secvit_tiny``, ``secvit_tiny-mask_rcnn-1x``: the
-    stages that make that run) or a dvc.yaml stage or stage group name (``pretrain@smoke-secvit_tiny``)."""
-    from secvit.params import load_params
+def one_lane(study: Study, profile: str, lanes: list[str] | None) -> bool:
+    """True when only one lane runs. ``all`` is then its stages, not the tables: the tables stage reads both lanes'
+    results and DVC records it only once both exist (``secvit repro`` renders the tables itself then)."""
+    return len(_lanes(study, profile, lanes)) < len(LANES)
 
-    if not names:
-        return targets(profile)
-    params = load_params(root / "params.yaml")
-    runs = run_stages(params, profile)
-    groups = set((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {})
+
+def _resolve(study: Study, profile: str, names: list[str], lane_only: bool) -> list[str]:
+    runs = study.runs(profile)
+    groups = {s.group for s in study.stages}
     stages: list[str] = []
     for name in names:
-        if name == "all":
-            stages += targets(profile)
+        if name == "all" and lane_only:
+            stages += [s.name for s in study.of(profile) if s.kind not in FINAL_KINDS]
+        elif name == "all":
+            stages += study.final(profile)
         elif re.fullmatch(r"table\d+", name):
-            found = table_stages(params, profile, name)
+            tables = load_paper_tables()
+            if name not in tables:
+                raise SecvitError(f"unknown table {name!r}; the paper's tables are {', '.join(tables)}")
+            found = study.showing(profile, name)
             if not found:
                 raise SecvitError(f"the {profile} profile has no runs for {name} (params.yaml lists them)")
             stages += found
         elif name in runs:
             stages += runs[name]
-        elif "@" in name or name in groups:
-            stages.append(name)  # a stage or a stage group; stale_stages checks it against dvc.yaml
+        elif name in study:
+            stages.append(name)
+        elif name in groups:
+            found = [s.name for s in study.of(profile) if s.group == name]
+            if not found:
+                raise SecvitError(f"stage group {name!r} has no stages in the {profile} profile")
+            stages += found
         else:
             raise SecvitError(
                 f"unknown target {name!r}: give all, a table (table1 ... table8), a run of the {profile} profile "
                 f"({', '.join(list(runs)[:3])}, ...) or a dvc.yaml stage name"
             )
     return list(dict.fromkeys(stages))
-
-
-def dvc_executable() -> str:
-    """DVC from the same environment as this secvit."""
-    local = Path(sys.executable).with_name("dvc")
-    found = str(local) if local.exists() else shutil.which("dvc")
-    if not found:
-        raise SecvitError("dvc is not installed in this environment; run scripts/env.sh")
-    return found
 
 
 def check_repo(root: Path) -> None:
@@ -121,55 +96,59 @@ def check_repo(root: Path) -> None:
 def default_jobs() -> int:
     """Stages side by side by default: one where CUDA GPUs are visible (each stage uses all of
     them), else one per CPU core, at most 4 (each stage then gets the cores' share of threads)."""
-    import torch
-
     return 1 if torch.cuda.is_available() else max(1, min(4, os.cpu_count() or 1))
 
 
-def planned_stages(root: Path, profile: str, stages: list[str]) -> list[StalePlan]:
-    """The stages that ``dvc repro`` of ``stages`` would run (:func:`stale_stages`), less those that
-    ``peers.<profile>: false`` leaves out (``secvit plan`` shows their cost apart); both executors run these."""
-    from dataclasses import replace
-
-    from secvit.orchestrate.dag import stale_stages
-    from secvit.orchestrate.plan import left_out_peers
-
-    peers = left_out_peers(root / "params.yaml", profile)
-    plans = stale_stages(root, stages)
-    return [replace(p, upstream=tuple(u for u in p.upstream if u not in peers)) for p in plans if p.name not in peers]
+def stages_to_run(root: Path, study: Study, profile: str, targets: list[str], lanes: list[str] | None = None,
+                  explain: bool = False) -> list[StaleStage]:
+    """The stages that ``dvc repro`` of ``targets`` would run (:func:`stale_stages`), less those that
+    ``peers.<profile>: false`` leaves out (``secvit plan`` shows their cost apart) and those of the lanes not run;
+    both executors run these."""
+    peers = study.left_out(profile, lanes)
+    stale = stale_stages(root, targets, explain)
+    return [dataclasses.replace(s, upstream=tuple(u for u in s.upstream if u not in peers)) for s in stale if s.name not in peers]
 
 
-def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None, names: list[str] | None = None) -> Path:
+def repro_local(profile: str, root: Path = Path("."), jobs: int | None = None, names: list[str] | None = None,
+                lanes: list[str] | None = None, dry_run: bool = False) -> Path:
     """Run the stale stages of the profile (or of the targets ``names``, :func:`resolve_targets`)
     here; returns the tables path. One job: ``dvc repro`` of those stages; more: that many stages
-    side by side (:func:`secvit.orchestrate.dag.run_parallel`)."""
+    side by side (:func:`secvit.orchestrate.dag.run_parallel`). ``dry_run``: print what each stage would get, and why."""
     check_profile(profile)
     check_repo(root)
     if jobs is not None and jobs < 1:
         raise SecvitError(f"--jobs must be at least 1, got {jobs}")
-    stages = resolve_targets(root, profile, names)
-    from secvit.orchestrate.plan import left_out_peers
-
-    peers = left_out_peers(root / "params.yaml", profile)  # `peers.<profile>: false`: not run (run_parallel can leave stages out)
-    if jobs != 1 or peers:
-        from secvit.orchestrate.dag import relink, run_parallel
-
+    study = load_study(root / "params.yaml")
+    targets = resolve_targets(study, profile, names, lanes)
+    peers = study.left_out(profile, lanes)  # `peers.<profile>: false`, other lanes: not run (run_parallel can leave stages out)
+    if dry_run:
         project = root.resolve()
-        plans = planned_stages(project, profile, stages)
-        if not plans:
-            print(f"Data and pipelines are up to date: nothing is stale upstream of {', '.join(stages)}")
+        stale = {s.name: s for s in stages_to_run(project, study, profile, targets, lanes, explain=True)}
+        for name in (n for n in target_closure(project, targets) if n not in peers):
+            stage = stale.get(name)
+            if stage is None:
+                print(f"{name}: up to date (nothing it depends on changed since dvc.lock recorded it)")
+            elif stage.conditional:
+                print(f"{name}: check once its upstream stages ran (runs only if they change its dependencies: {', '.join(stage.upstream)})")
+            else:
+                print(f"{name}: run ({stage.why or 'stale'})")
+        print("dry run: nothing was run")
+        return root / tables_file(profile)
+    if jobs != 1 or peers:
+        project = root.resolve()
+        stale = stages_to_run(project, study, profile, targets, lanes)
+        if not stale:
+            print(f"Data and pipelines are up to date: nothing is stale upstream of {', '.join(targets)}")
             return root / tables_file(profile)
-        jobs = jobs or default_jobs()  # only now: deciding imports torch
+        jobs = jobs or default_jobs()
         if jobs > 1 or peers:
-            run_parallel(project, plans, jobs, project / logs_dir(profile))
-            relink(project, [p.name for p in plans])
+            run_parallel(project, stale, jobs, project / logs_dir(profile))
+            relink(project, [s.name for s in stale])
             return root / tables_file(profile)
-    result = subprocess.run([dvc_executable(), "repro", *stages], cwd=root, env=stage_env())
+    result = subprocess.run([dvc_executable(), "repro", *targets], cwd=root, env=stage_env())
     if result.returncode != 0:
         raise SecvitError(f"dvc repro failed (exit {result.returncode}); the failing stage's output is above")
-    from secvit.orchestrate.dag import relink
-
-    relink(root, stages)
+    relink(root, targets)
     return root / tables_file(profile)
 
 

@@ -7,10 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secvit.pipelines.settings import load
-from secvit.pipelines.sweep import ablation_config, sweep_config
+import torch
+
+from secvit.atomic import write_json
+from secvit.complexity import FLOP_CONVENTION, measure, throughput
+from secvit.device import require_device
 from secvit.models.variants import ablation_options, default_clusters
-from secvit.runs import COMPLEXITY, results_root, run_key
+from secvit.params import load_section
+from secvit.runs import COMPLEXITY, ablation_config, results_root, run_key, sweep_config
 
 
 @dataclass
@@ -27,15 +31,9 @@ def output(profile: str) -> Path:
 
 
 def complexity_stage(profile: str, params: Path, device: str | None = None) -> Path:
-    import torch
-
-    from secvit.complexity import FLOP_CONVENTION, measure, throughput
-    from secvit.atomic import write_json
-    from secvit.gpu import require_device
-
     require_device("complexity", profile, params, device)
 
-    cfg = load(params, profile, "complexity", ComplexityConfig)
+    cfg = load_section(params, profile, "complexity", ComplexityConfig)
     sweep = sweep_config(params)
     ablations = ablation_config(params)
     device = "cuda" if torch.cuda.is_available() else "cpu"

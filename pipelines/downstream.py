@@ -2,100 +2,79 @@
 
 One run trains a config of ``pipelines/configs`` with one backbone, evaluates it and writes
 ``results/<profile>/<task>/<key>/metrics.json`` (keys as :mod:`secvit.tables.results` reads
-them) with DVCLive curves beside it; checkpoints stay in ``runs/<profile>/<task>/<key>/``.
+them) with DVCLive curves beside it; checkpoints stay in ``runs/<profile>/<task>/<key>/``. A backbone from
+the profile's released checkpoint (``--weights released:<model>``, hash-checked) is the released lane's run:
+its folders are ``runs|results/<profile>/released/<task>/<key>/``, beside our pretraining's run of the setting.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secvit.pipelines.settings import data_config, load
-from secvit.downstream.run import Overrides
+from secvit.atomic import write_json
+from secvit.data.layout import ADE_DIR
+from secvit.device import require_device
+from secvit.downstream.complexity import model_complexity
+from secvit.downstream.config import (
+    CONFIGS,
+    DETECTION_CONFIGS,
+    SEGMENTATION_CONFIGS,
+    DownstreamSettings,
+    coco_classes,
+    config_file,
+    load_overrides,
+    prepare_config,
+    training_batch,
+)
+from secvit.downstream.datasets import leave_out
+from secvit.downstream.metrics import curve_rows, detection_summary, raw_metrics, segmentation_summary
+from secvit.downstream.runner import finish_checkpoints, latest_checkpoint, train_and_test
+from secvit.engine.live import write_curves
 from secvit.errors import SecvitError
-from secvit.params import from_section
-from secvit.runs import BEST, CURVES, DETECTION, METRICS, SEGMENTATION, downstream_key, results_dir, run_dir
-
-CONFIGS = Path(__file__).parent / "configs"
-
-#: Config file of each detection setting (detector, schedule) and segmentation head, per backbone.
-#: A backbone without its own file runs the recipe of the setting's first file with its backbone swapped.
-DETECTION_CONFIGS = {
-    ("mask_rcnn", "1x"): "mmdet/mask_rcnn/mask-rcnn_{model}_fpn_1x_coco.py",
-    ("mask_rcnn", "3x_ms"): "mmdet/mask_rcnn/mask-rcnn_{model}_fpn_ms-3x_coco.py",
-    ("cascade_mask_rcnn", "3x_ms"): "mmdet/cascade_mask_rcnn/cascade-mask-rcnn_{model}_fpn_ms-3x_coco.py",
-    ("retinanet", "1x"): "mmdet/retinanet/retinanet_{model}_fpn_1x_coco.py",
-}
-SEGMENTATION_CONFIGS = {
-    "semantic_fpn": "mmseg/sem_fpn/fpn_{model}_8xb2-80k_ade20k-512x512.py",
-    "upernet": "mmseg/upernet/upernet_{model}_8xb2-160k_ade20k-512x512.py",
-}
+from secvit.params import load_section
+from secvit.provenance import code_version
+from secvit.data.inputs import stage_data
+from secvit.released import released_file, released_model
+from secvit.runs import BEST, CURVES, DETECTION, METRICS, OURS, RELEASED, SEGMENTATION, downstream_key, lane_task, results_dir, run_dir
 
 
-@dataclass
-class DownstreamSettings:
-    """``<profile>.detection`` / ``<profile>.segmentation`` of params.yaml."""
-
-    overrides: dict[str, Any]  # of the config's schedule and sizes (secvit.downstream.run.Overrides)
-    flops_size: dict[str, list[int]]  # (height, width) per backbone; "default" for the others
-    ms_flip: bool = False  # segmentation: also test multi-scale with flip
-
-    def size_for(self, model: str) -> tuple[int, int]:
-        height, width = self.flops_size.get(model, self.flops_size["default"])
-        return int(height), int(width)
-
-
-def config_file(pattern: str, model: str) -> tuple[Path, bool]:
-    """The config for ``model`` from a name ``pattern``; (path, True) when the backbone must be swapped in."""
-    own = CONFIGS / pattern.format(model=model.replace("_", "-"))
-    if own.is_file():
-        return own, False
-    candidates = sorted(CONFIGS.glob(pattern.format(model="*")))
-    if not candidates:
-        raise SecvitError(f"no config matches {CONFIGS / pattern.format(model='*')}")
-    return candidates[0], True
-
-
-def _weights(profile: str, model: str, weights: Path | None) -> Path:
-    path = weights or run_dir(profile, model) / BEST
+def _weights(profile: str, model: str, weights: Path | str | None, params: Path) -> tuple[Path, str, dict[str, Any]]:
+    """The backbone's weights file, its lane and what the metrics record of it."""
+    named = released_model(None if weights is None else str(weights))
+    if named is not None:
+        if named != model:
+            raise SecvitError(f"--weights {weights} is a {named} checkpoint; the backbone is {model}: use released:{model}")
+        path, sha = released_file(params, profile, model)
+        return path, RELEASED, {"lane": RELEASED, "weights": str(path), "weights_sha256": sha}
+    path = Path(weights) if weights is not None else run_dir(profile, model) / BEST
     if not path.is_file():
         raise SecvitError(
             f"no backbone weights at {path}; run `secvit pretrain --profile {profile} --model {model}` first "
             "or pass --weights with a released checkpoint"
         )
-    return path
-
-
-def _coco_classes(root: Path) -> list[str]:
-    """Category names of the COCO-layout dataset, in id order (the detector's class order)."""
-    with open(root / "annotations" / "instances_val2017.json", "rb") as f:
-        categories = json.load(f)["categories"]
-    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    return path, OURS, {"lane": OURS, "weights": str(path)}
 
 
 def _run(
-    task: str, profile: str, model: str, setting: tuple[str, ...], pattern: str, params: Path, weights: Path | None,
-    data_root: Path, classes: list[str] | None, summary,
+    task: str, profile: str, model: str, setting: tuple[str, ...], pattern: str, params: Path, weights: Path | str | None,
+    data_root: Path, classes: list[str] | None, summary, left_out: list[str],
 ) -> dict[str, Any]:
-    from mmengine.dist import get_rank, get_world_size
+    from mmengine.dist import get_rank, get_world_size  # heavy: mmengine, loaded by the dense stages only
 
-    from secvit.atomic import write_json
-    from secvit.downstream.run import curve_rows, finish_checkpoints, model_complexity, prepare_config, run, training_batch
-    from secvit.engine.live import write_curves
-
-    settings = load(params, profile, task, DownstreamSettings)
-    overrides = from_section(Overrides, settings.overrides, f"{profile}.{task}.overrides")
+    settings = load_section(params, profile, task, DownstreamSettings)
+    overrides = load_overrides(params, profile, task)
     config, swapped = config_file(pattern, model)
     key = downstream_key(model, *setting)
-    work_dir = run_dir(profile, key, task)
-    results = results_dir(profile, key, task)
+    pretrained, lane, source = _weights(profile, model, weights, params)
+    work_dir = run_dir(profile, key, lane_task(task, lane))
+    results = results_dir(profile, key, lane_task(task, lane))
     cfg = prepare_config(
-        config, work_dir=work_dir, data_root=data_root, pretrained=_weights(profile, model, weights),
+        config, work_dir=work_dir, data_root=data_root, pretrained=pretrained,
         overrides=overrides, classes=classes, model=model if swapped else None,
     )
-    raw = run(cfg)
+    leave_out(cfg, left_out)  # the images the data stage found bad
+    raw = train_and_test(cfg)
     ms_flip = summary(_test_ms_flip(cfg)) if settings.ms_flip else {}
     if get_rank() != 0:
         return {}
@@ -105,10 +84,13 @@ def _run(
         "config": str(config.relative_to(CONFIGS.parent.parent)),
         "backbone": model,
         "backbone_swapped_in": swapped,
+        **source,
         "world_size": get_world_size(),
         **training_batch(cfg, get_world_size()),  # global_batch, batch_per_device, accumulation, lr
         **{f"{k}_ms_flip": v for k, v in ms_flip.items()},
-        "raw": {k: v for k, v in raw.items() if isinstance(v, (int, float))},
+        "raw": raw_metrics(raw),
+        "left_out_images": len(left_out),
+        "code": code_version(),
     }
     write_json(results / METRICS, metrics)
     names = {"loss": "train/loss", "lr": "train/lr", **{raw_key: f"val/{raw_key.split('/')[-1]}" for raw_key in raw}}
@@ -119,9 +101,7 @@ def _run(
 
 def _test_ms_flip(cfg: Any) -> dict[str, float]:
     """Multi-scale + flip test of the trained model (mmseg's TTA pipeline of the config)."""
-    from mmengine.runner import Runner
-
-    from secvit.downstream.run import latest_checkpoint
+    from mmengine.runner import Runner  # heavy: mmengine, loaded by the dense stages only
 
     tta = cfg.copy()
     tta.test_dataloader.dataset.pipeline = tta.tta_pipeline
@@ -134,39 +114,32 @@ def _test_ms_flip(cfg: Any) -> dict[str, float]:
 
 
 def detect_stage(
-    profile: str, model: str, detector: str, schedule: str, params: Path, weights: Path | None = None, device: str | None = None
+    profile: str, model: str, detector: str, schedule: str, params: Path, weights: Path | str | None = None, device: str | None = None
 ) -> dict[str, Any]:
     """Train and evaluate one detector with one backbone on COCO."""
-    from secvit.data.layout import check_coco
-    from secvit.downstream.run import detection_summary
-    from secvit.gpu import require_device
-
     require_device("detect", profile, params, device, mmcv_ops=True)
 
     pattern = DETECTION_CONFIGS.get((detector, schedule))
     if pattern is None:
         known = ", ".join(f"{d} {s}" for d, s in DETECTION_CONFIGS)
         raise SecvitError(f"no detection setting {detector} {schedule}; choose one of: {known}")
-    data = data_config(params, profile)
-    root = data.root("coco")
-    check_coco(root, data.expected_for("coco"))
-    return _run(DETECTION, profile, model, (detector, schedule), pattern, params, weights, root, _coco_classes(root), detection_summary)
+    coco = stage_data(profile, params, "coco")  # checked, and verified by the data stage
+    return _run(
+        DETECTION, profile, model, (detector, schedule), pattern, params, weights, coco.root, coco_classes(coco.root), detection_summary,
+        coco.bad_paths(),
+    )
 
 
 def segment_stage(
-    profile: str, model: str, head: str, params: Path, weights: Path | None = None, device: str | None = None
+    profile: str, model: str, head: str, params: Path, weights: Path | str | None = None, device: str | None = None
 ) -> dict[str, Any]:
     """Train and evaluate one segmentor with one backbone on ADE20K."""
-    from secvit.data.layout import ADE_DIR, check_ade20k
-    from secvit.downstream.run import segmentation_summary
-    from secvit.gpu import require_device
-
     require_device("segment", profile, params, device, mmcv_ops=True)
 
     pattern = SEGMENTATION_CONFIGS.get(head)
     if pattern is None:
         raise SecvitError(f"no segmentation head {head!r}; choose one of: {', '.join(SEGMENTATION_CONFIGS)}")
-    data = data_config(params, profile)
-    root = data.root("ade20k")
-    check_ade20k(root, data.expected_for("ade20k"))
-    return _run(SEGMENTATION, profile, model, (head,), pattern, params, weights, root / ADE_DIR, None, segmentation_summary)
+    ade20k = stage_data(profile, params, "ade20k")  # checked, and verified by the data stage
+    return _run(
+        SEGMENTATION, profile, model, (head,), pattern, params, weights, ade20k.root / ADE_DIR, None, segmentation_summary, ade20k.bad_paths()
+    )

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from secvit.pipelines.settings import load
+from secvit.params import load_section
 from secvit.runs import BEST, PLOTS, results_root, run_dir
-
-
-@dataclass
-class FiguresConfig:
-    model: str  # a pretraining run of the profile
-    image: str
+from secvit.visualize import FiguresConfig, figure_image, visualize_clusters
 
 
 def figures_stage(profile: str, params: Path) -> Path:
-    from secvit.visualize import visualize_clusters
-
-    cfg = load(params, profile, "figures", FiguresConfig)
+    cfg = load_section(params, profile, "figures", FiguresConfig)
+    image = figure_image(profile, params)
     checkpoint = run_dir(profile, cfg.model) / BEST
     out = results_root(profile) / PLOTS / "clusters.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return visualize_clusters(cfg.image, cfg.model, checkpoint=checkpoint, out=out)
+    return visualize_clusters(image, cfg.model, checkpoint=checkpoint, out=out)

@@ -7,10 +7,12 @@
 # (default: the visible GPUs', else 8.0;9.0 = A100, H100).
 # mmcv has no wheels for this torch; its setup.py needs setuptools<70 (pkg_resources)
 # and asks for -std=c++14/17, while torch 2.14's headers need C++20.
-# CUDA compiler: a system nvcc of torch's CUDA version (13.0) if there is one, else NVIDIA's
-# compiler and headers from PyPI (cuda-toolkit[nvcc,...] at the lock's cuda-toolkit pin), installed
-# into the throwaway build environment only; SECVIT_CUDA_FROM_PYPI=1 takes PyPI's even where a
-# system nvcc exists.
+# CUDA compiler: a system nvcc of torch's CUDA major version (13 or 12) if there is one, else, for
+# CUDA 13, NVIDIA's compiler and headers from PyPI (cuda-toolkit[nvcc,...] at the lock's cuda-toolkit
+# pin), installed into the throwaway build environment only; SECVIT_CUDA_FROM_PYPI=1 takes PyPI's even
+# where a system nvcc exists. CUDA 12 (requirements-cu12.lock) needs the system nvcc (module load
+# cuda/12.x): PyPI's CUDA 12 packages put nvcc, the runtime and CCCL each in its own directory, not
+# the one CUDA_HOME that torch's extension builder expects.
 # MAX_JOBS (default: all cores) bounds the parallel compiles. SECVIT_MMCV_WORKDIR=DIR keeps the
 # build tree in DIR and resumes it on the next run (for working on the patches); default: a
 # temporary directory, removed at exit.
@@ -18,7 +20,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/scripts/mmcv_flavour.sh"
 out=${1:-$MMCV_WHEEL_DIR}
-torch_pin=$(grep -E '^torch==' "$root/requirements.lock" | cut -d' ' -f1)
+torch_pin=$(grep -E '^torch==' "$root/$SECVIT_LOCK" | cut -d' ' -f1)  # the lockfile scripts/cuda_lock.sh picks
 mmcv_version=2.1.0
 start=$(date +%s)
 if [ -n "${SECVIT_MMCV_WORKDIR:-}" ]; then
@@ -44,10 +46,13 @@ if [ "$MMCV_FLAVOUR" = cuda ]; then
   nvcc_sys=$(command -v nvcc || true)
   if [ -z "$nvcc_sys" ] && [ -x "${CUDA_HOME:-/nonexistent}/bin/nvcc" ]; then nvcc_sys=$CUDA_HOME/bin/nvcc; fi
   if [ -z "${SECVIT_CUDA_FROM_PYPI:-}" ] && [ -n "$nvcc_sys" ] \
-      && "$nvcc_sys" --version | grep -q "release $MMCV_CUDA_VERSION,"; then
+      && "$nvcc_sys" --version | grep -q "release ${MMCV_CUDA_VERSION%%.*}\."; then
     # nvcc on PATH may be a wrapper script: nvcc itself says where its toolkit lives
     cuda_home=$(dirname "$("$nvcc_sys" --dryrun -E -x cu /dev/null 2>&1 | sed -n 's/^#\$ _HERE_=//p' | head -n1)")
     say "CUDA $MMCV_CUDA_VERSION from $cuda_home"
+  elif [ "${MMCV_CUDA_VERSION%%.*}" != 13 ]; then
+    say "CUDA $MMCV_CUDA_VERSION ops need a system nvcc $MMCV_CUDA_VERSION on PATH or in CUDA_HOME (e.g. module load cuda/${MMCV_CUDA_VERSION}); found ${nvcc_sys:-none}"
+    exit 1
   else
     # NVIDIA's compiler (nvcc, cicc, ptxas), the runtime, CCCL (thrust/cub), NVTX and profiler
     # headers, at the versions of the cuda-toolkit that the locked torch pulls in.

@@ -12,9 +12,11 @@
 # The cache key names torch, Python, and for CUDA builds the CUDA version and the architectures,
 # so a CPU wheel and CUDA wheels for different GPUs never take each other's place.
 _root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-_torch=$(grep -E '^torch==' "$_root/requirements.lock" | cut -d= -f3)
-# torch's CUDA version: the cuda-toolkit that the locked torch wheel pulls in (13.0.3.0 -> 13.0).
-MMCV_CUDA_TOOLKIT=$(grep -E '^cuda-toolkit==' "$_root/requirements.lock" | cut -d= -f3)
+source "$_root/scripts/cuda_lock.sh"  # SECVIT_LOCK: the lockfile this machine installs
+_torch=$(grep -E '^torch==' "$_root/$SECVIT_LOCK" | cut -d= -f3)
+# torch's CUDA version, from the CUDA runtime that the locked torch wheel pulls in: cuda-toolkit 13.0.3.0
+# (CUDA 13 wheels) or nvidia-cuda-runtime-cu12 12.8.90 (CUDA 12 wheels) -> 13.0 or 12.8
+MMCV_CUDA_TOOLKIT=$(grep -E '^(cuda-toolkit|nvidia-cuda-runtime-cu12)==' "$_root/$SECVIT_LOCK" | head -n1 | cut -d= -f3)
 MMCV_CUDA_VERSION=$(echo "$MMCV_CUDA_TOOLKIT" | cut -d. -f1-2)
 
 _has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; }

@@ -3,7 +3,7 @@
 # Tests run in SECVIT_TEST_WORKERS processes (default 2, one per core here; 0 runs them in this
 # process), a whole test module per process (the long modules first: tests/conftest.py LONG_MODULES), so
 # module fixtures such as the smoke DAG run once.
-# Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow and not slurm" (the quick suite).
+# Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow" (the quick subset: minutes, not the smoke DAG or SLURM jobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/env.sh

@@ -111,3 +111,9 @@ def from_section(cls: type[T], data: Any, where: str) -> T:
     if check:
         check(where)
     return obj
+
+
+def load_section(params: str | Path | dict[str, Any], profile: str, name: str, cls: type[T]) -> T:
+    """``cls`` built from ``<profile>.<name>`` of a params file (or of its contents, already loaded)."""
+    data = params if isinstance(params, dict) else load_params(params)
+    return from_section(cls, profile_section(data, profile, name), f"{profile}.{name}")

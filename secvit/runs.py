@@ -9,20 +9,30 @@ Layout, relative to the project directory (``dvc.yaml`` spells the same paths ou
 ``<task>`` is ``pretrain`` for ImageNet pretraining, ``detection`` and ``segmentation`` for the
 dense tasks (run names from :func:`downstream_key`). ``<run>`` is :func:`run_key`: the model
 name, for the table-7 sweep ``<model>-c<clusters joined by ->``, for a table-6 ablation
-``<model>-<ablation>`` (``secvit_tiny-no_lce``). This module itself
-imports neither torch nor timm (importing the ``secvit`` package still does).
+``<model>-<ablation>`` (``secvit_tiny-no_lce``). The released-weights lane (:data:`LANES`) keeps its runs apart,
+below ``released/``: ``results/<profile>/released/pretrain/<model>/`` (the authors' checkpoint evaluated here)
+and ``runs|results/<profile>/released/<task>/<run>/`` (dense runs from released backbones), so both lanes' runs
+of one setting exist side by side (:func:`lane_task`). Which sweep and ablation runs a study has is
+params.yaml's ``sweep`` (table 7, the number of clusters per stage) and ``ablations`` (table 6),
+shared by both profiles: :func:`sweep_config`, :func:`ablation_config`. This module itself imports
+neither torch nor timm (importing the ``secvit`` package still does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from secvit.models.variants import default_clusters
+from secvit.errors import SecvitError
+from secvit.models.variants import ABLATIONS, VARIANTS, default_clusters
+from secvit.params import from_section, load_params, section
 
 __all__ = [
-    "BEST", "COMPLEXITY", "CURVES", "DETECTION", "EVAL", "LAST", "LOGS", "METRICS", "PLOTS", "PRETRAIN", "SEGMENTATION",
-    "TABLES", "downstream_key", "logs_dir", "results_dir", "results_root", "run_dir", "run_key", "task_results", "tables_file",
+    "LANES", "OURS", "RELEASED", "lane_task", "BEST", "COMPLEXITY", "CURVES", "DETECTION", "EVAL", "LAST", "LOGS", "METRICS", "PLOTS", "PRETRAIN", "SEGMENTATION",
+    "TABLES", "AblationConfig", "SweepConfig", "ablation_config", "downstream_key", "logs_dir", "parse_clusters", "results_dir",
+    "results_root", "run_dir", "run_key", "sweep_config", "task_results", "tables_file",
 ]
 
 #: The task name of ImageNet pretraining runs.
@@ -30,6 +40,11 @@ PRETRAIN = "pretrain"
 #: The task names of the dense-prediction runs.
 DETECTION = "detection"
 SEGMENTATION = "segmentation"
+#: The study's two lanes: ``ours`` (our pretraining, and dense runs from it) and ``released`` (the authors'
+#: released checkpoints evaluated here, and dense runs from them).
+OURS = "ours"
+RELEASED = "released"
+LANES = (OURS, RELEASED)
 #: A run's resumable checkpoint: model, EMA, optimizer and scheduler state, position, history;
 #: once the run has finished, its record only (position, history, settings; no weights).
 LAST = "last.pth"
@@ -71,6 +86,14 @@ def downstream_key(model: str, *setting: str) -> str:
     return "-".join((model, *setting))
 
 
+def lane_task(task: str, lane: str = OURS) -> str:
+    """The folder of ``task``'s runs in ``lane`` (below ``runs/<profile>/`` and ``results/<profile>/``):
+    ``detection``, or ``released/detection`` in the released lane."""
+    if lane not in LANES:
+        raise SecvitError(f"unknown lane {lane!r}; choose one of: {', '.join(LANES)}")
+    return task if lane == OURS else f"{RELEASED}/{task}"
+
+
 def results_root(profile: str) -> Path:
     """A profile's results directory: ``results/<profile>``."""
     return Path("results") / profile
@@ -99,3 +122,59 @@ def logs_dir(profile: str) -> Path:
 def run_dir(profile: str, run: str, task: str = PRETRAIN) -> Path:
     """Checkpoints of a run, persisted by DVC across failed or interrupted stages: ``runs/<profile>/<task>/<run>``."""
     return Path("runs") / profile / task / run
+
+
+# ---- the table-7 sweep and the table-6 ablations (params.yaml `sweep`, `ablations`)
+
+
+@dataclass
+class SweepConfig:
+    model: str
+    clusters: list[str]  # e.g. "64-16-4-1": clusters of stages 1-4 (1 = global attention)
+
+    def parsed(self) -> list[tuple[int, ...]]:
+        return [parse_clusters(c) for c in self.clusters]
+
+    def validate(self, where: str) -> None:
+        for text, clusters in zip(self.clusters, self.parsed()):
+            if run_key(self.model, clusters) == self.model:  # dvc.yaml names sweep runs <model>-c<clusters>
+                raise SecvitError(
+                    f"'{where}.clusters': {text} is {self.model}'s own setting, trained by its plain run "
+                    f"(pretrain@<profile>-{self.model}); remove it from the sweep"
+                )
+
+
+def parse_clusters(text: str) -> tuple[int, ...]:
+    """``"64-16-4-1"`` -> (64, 16, 4, 1), with a one-line error for anything else."""
+    try:
+        values = tuple(int(v) for v in str(text).split("-"))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or any(v < 1 for v in values):
+        raise SecvitError(f"clusters must be four positive integers like 64-16-4-1, got {text!r}")
+    return values
+
+
+@dataclass
+class AblationConfig:
+    model: str  # a SecViT variant; the paper ablates secvit_tiny
+    variants: list[str]  # keys of secvit.models.variants.ABLATIONS
+
+    def validate(self, where: str) -> None:
+        if self.model not in VARIANTS:
+            raise SecvitError(f"'{where}.model': the ablations are options of the SecViT family; choose one of: {', '.join(VARIANTS)}")
+        for name in self.variants:
+            if name not in ABLATIONS:
+                raise SecvitError(f"'{where}.variants': unknown ablation {name!r}; choose from: {', '.join(ABLATIONS)}")
+
+
+def sweep_config(params: str | Path | dict[str, Any]) -> SweepConfig:
+    """The top-level ``sweep`` section (a params file, or its contents), shared by both profiles."""
+    data = params if isinstance(params, dict) else load_params(params)
+    return from_section(SweepConfig, section(data, "sweep"), "sweep")
+
+
+def ablation_config(params: str | Path | dict[str, Any]) -> AblationConfig:
+    """The top-level ``ablations`` section (table 6; a params file, or its contents), shared by both profiles."""
+    data = params if isinstance(params, dict) else load_params(params)
+    return from_section(AblationConfig, section(data, "ablations"), "ablations")

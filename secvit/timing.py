@@ -38,8 +38,10 @@ def time_interleaved(
     warmup: int = 1,
     progress: Progress | None = None,
     page_faults: dict[str, list[float]] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
-    """Seconds per call of every candidate, ``rounds`` samples each (each the mean of ``inner`` calls).
+    """Seconds per call of every candidate, ``rounds`` samples each (each the mean of ``inner`` calls), by ``clock``
+    (wall time; a CPU benchmark on a shared machine may pass its busy time).
 
     Candidates run round-robin, so slow drifts of the machine hit all of them alike. A
     ``page_faults`` dict receives, per candidate and round, the minor page faults of this
@@ -57,11 +59,11 @@ def time_interleaved(
         for name, fn in candidates.items():
             sync(device)
             faults = minor_page_faults() if page_faults is not None else 0
-            start = time.perf_counter()
+            start = clock()
             for _ in range(inner):
                 fn()
             sync(device)
-            samples[name].append((time.perf_counter() - start) / inner)
+            samples[name].append((clock() - start) / inner)
             if page_faults is not None:
                 page_faults.setdefault(name, []).append((minor_page_faults() - faults) / inner)
             if progress:

@@ -9,6 +9,7 @@ nearest neighbour to the image and blended 50% over it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,36 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from secvit.atomic import atomic_write
+from secvit.data.inputs import data_settings, existing_root
+from secvit.data.layout import find_image
 from secvit.errors import SecvitError
+from secvit.params import load_section
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "cluster_maps", "load_image", "visualize_clusters"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FiguresConfig", "cluster_maps", "figure_image", "load_image", "visualize_clusters"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FiguresConfig:
+    model: str  # a pretraining run of the profile
+    image: str  # a file name of the profile's ImageNet (val/, else train/; any layout), or a path (with a /)
+
+
+def figure_image(profile: str, params: Path) -> Path:
+    """The image of ``<profile>.figures.image``: found by name in ``<profile>.data.imagenet``, or a path."""
+    image = load_section(params, profile, "figures", FiguresConfig).image
+    where = f"set {profile}.figures.image in {params}"
+    if "/" in image:
+        if not Path(image).is_file():
+            raise SecvitError(f"{profile}.figures.image {image} is not a file; {where} to an image file, or to the name of an image of the ImageNet")
+        return Path(image)
+    root = existing_root(data_settings(profile, params, "imagenet"), profile, params, "imagenet")
+    found = find_image(root, image)
+    if found is None:
+        raise SecvitError(f"{profile}.figures.image {image} is in neither val/ nor train/ of the ImageNet at {root}; {where} to the name of one of its images")
+    return found
 
 
 def load_image(path: str | Path, img_size: int) -> Image.Image:

@@ -59,7 +59,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 def tool_env() -> dict[str, str]:
     """The environment with this interpreter's bin/ first on PATH, so `secvit`, `dvc` and `torchrun` are ours
     (the environment the pipeline gives its stage commands)."""
-    from secvit.orchestrate.slurm import stage_env
+    from secvit.orchestrate.env import stage_env
 
     return stage_env()
 
@@ -86,7 +86,7 @@ def smallest_of_each_family(names: list[str]) -> list[str]:
     return sorted(min(group, key=num_params) for group in families.values())
 
 
-def run(cwd: Path, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
+def invoke(cwd: Path, *args: str, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
     """Run a command (dvc, git, secvit, SLURM tools) in ``cwd`` with :func:`tool_env`; with ``check``, assert it succeeded."""
     result = subprocess.run(list(args), cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
     if check:
@@ -94,38 +94,44 @@ def run(cwd: Path, *args: str, check: bool = True, timeout: float | None = None)
     return result
 
 
+def edit_params(path: Path, changes: dict[str, Any]) -> None:
+    """Set ``changes`` (dotted keys -> values) in the params file ``path``."""
+    data = yaml.safe_load(path.read_text())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 def scratch_repo(repo_root: Path, dest: Path, untracked: bool = False, params: dict[str, Any] | None = None) -> Path:
     """A fresh git repository (one commit; DVC and DVCLive need one) holding the project's tracked files,
     with ``untracked``: also the new files git does not ignore, except pipeline results (results/ is not
     ignored: experiments commit it); ``params``: dotted keys changed in params.yaml."""
-    names = run(repo_root, "git", "ls-files", "-z").stdout.split("\0")
+    names = invoke(repo_root, "git", "ls-files", "-z").stdout.split("\0")
     if untracked:
-        new = run(repo_root, "git", "ls-files", "-z", "--others", "--exclude-standard").stdout.split("\0")
+        new = invoke(repo_root, "git", "ls-files", "-z", "--others", "--exclude-standard").stdout.split("\0")
         names += [n for n in new if not n.startswith("results/")]
     for name in filter(None, names):
         if (repo_root / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo_root / name, dest / name)
     if params:
-        data = yaml.safe_load((dest / "params.yaml").read_text())
-        for dotted, value in params.items():
-            *parents, key = dotted.split(".")
-            node = data
-            for part in parents:
-                node = node[part]
-            node[key] = value
-        (dest / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    run(dest, "git", "init", "-q")
-    run(dest, "git", "add", "-A")
-    run(dest, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch")
+        edit_params(dest / "params.yaml", params)
+    invoke(dest, "git", "init", "-q")
+    invoke(dest, "git", "add", "-A")
+    invoke(dest, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch")
     return dest
 
 
 # Modules that run for minutes, longest first. scripts/test.sh hands whole modules to its workers in
 # collection order (--dist loadscope --no-loadscope-reorder), so these start at once, side by side, and the
 # short modules fill in around them; xdist's own order (most tests first) started them last, one worker
-# then finishing minutes after the other.
-LONG_MODULES = ["test_slurm.py", "test_pipeline.py", "test_downstream.py", "test_model_contract.py", "test_pretrain.py", "test_models.py"]
+# then finishing minutes after the other. The SLURM stop test's three jobs share the node's CPUs
+# (OverSubscribe on its partition): the other SLURM module starts after it, beside the smoke DAG.
+LONG_MODULES = ["test_slurm_stops.py", "test_pipeline.py", "test_slurm.py", "test_downstream.py", "test_model_contract.py", "test_pretrain.py", "test_models.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -6,7 +6,7 @@ its stale-stage planning and commits (test_slurm.py).
 
 import pytest
 import yaml
-from conftest import run, scratch_repo
+from conftest import invoke, scratch_repo
 
 from secvit.errors import SecvitError
 from secvit.orchestrate.dag import downstream_of, run_parallel, stale_stages
@@ -31,8 +31,8 @@ def test_a_failed_stage_skips_its_dependents_and_the_rest_is_committed(tmp_path,
     assert "\n" not in message
     assert "epochs" in (logs / "pretrain@smoke-secvit_tiny.log").read_text()  # the stage's own error
     assert not (logs / "evaluate@smoke-secvit_tiny.log").exists()  # never started
-    assert "up to date" in run(repo, "dvc", "status", "data-smoke@coco", "data-smoke@imagenet").stdout  # committed
-    assert "changed" in run(repo, "dvc", "status", "pretrain@smoke-secvit_tiny").stdout
+    assert "up to date" in invoke(repo, "dvc", "status", "data-smoke@coco", "data-smoke@imagenet").stdout  # committed
+    assert "changed" in invoke(repo, "dvc", "status", "pretrain@smoke-secvit_tiny").stdout
     assert [p.name for p in stale_stages(repo, targets)] == ["pretrain@smoke-secvit_tiny", "evaluate@smoke-secvit_tiny"]
 
 
@@ -57,7 +57,7 @@ def _chain(tmp_path):
     }
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     for args in (("git", "init", "-q"), ("dvc", "init", "-q"), ("git", "add", "-A"), ("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "chain")):
-        run(repo, *args)
+        invoke(repo, *args)
     return repo
 
 
@@ -81,32 +81,51 @@ def test_planning_matches_dvc_after_an_always_changed_stage(tmp_path):
     assert [(p.name, p.conditional) for p in plans] == [("a", False), ("b", True), ("c", True)]
     run_parallel(repo, plans, 2, tmp_path / "logs")
     assert _ran(repo) == ["a"]  # a's output came out the same: b and c are up to date
-    assert "up to date" in run(repo, "dvc", "status", "b", "c").stdout
+    assert "up to date" in invoke(repo, "dvc", "status", "b", "c").stdout
 
     (repo / "src.txt").write_text("two\n")  # the external data changed
     run_parallel(repo, stale_stages(repo, ["c"]), 2, tmp_path / "logs")
     assert _ran(repo) == ["a", "b", "c"] and (repo / "c.txt").read_text() == "two\n"
-    run(repo, "dvc", "repro", "c")  # DVC's own run of the same plan agrees
+    invoke(repo, "dvc", "repro", "c")  # DVC's own run of the same plan agrees
     assert _ran(repo) == ["a"]
 
 
 def test_repro_targets_name_tables_runs_and_stages(tmp_path, repo_root):
     from secvit.orchestrate.repro import resolve_targets
+    from secvit.study import load_study
 
     repo = scratch_repo(repo_root, tmp_path / "repo")
-    table4 = resolve_targets(repo, "smoke", ["table4"])
+    study = load_study(repo / "params.yaml")
+    table4 = resolve_targets(study, "smoke", ["table4"], ["ours"])
     assert table4 == ["detect@smoke-secvit_tiny-mask_rcnn-1x", "detect@smoke-secvit_tiny-retinanet-1x"]  # the 1x schedule
     assert {p.name for p in stale_stages(repo, table4)} == {
         "data-smoke@imagenet", "data-smoke@coco", "pretrain@smoke-secvit_tiny", *table4
     }  # only what table 4 needs
-    assert resolve_targets(repo, "smoke", ["secvit_tiny"]) == ["pretrain@smoke-secvit_tiny", "evaluate@smoke-secvit_tiny"]
-    assert resolve_targets(repo, "smoke", ["secvit_tiny-no_lce", "table7"])[:2] == ["ablate@smoke-no_lce", "complexity@smoke"]
-    assert resolve_targets(repo, "paper", ["secvit_large-upernet"]) == ["segment@paper-secvit_large-upernet"]
-    assert resolve_targets(repo, "smoke", None) == resolve_targets(repo, "smoke", ["all"]) == ["tables@smoke", "figures@smoke"]
+    # the released lane's table 4: its dense run from the released checkpoint, which needs no pretraining
+    released = resolve_targets(study, "smoke", ["table4"], ["released"])
+    assert released == ["detect-released@smoke-secvit_tiny-mask_rcnn-1x"]
+    assert resolve_targets(study, "smoke", ["table4"]) == table4 + released  # both lanes: params.yaml released.lanes
+    assert {p.name for p in stale_stages(repo, released)} == {
+        "data-smoke@imagenet", "data-smoke@coco", "released-smoke@secvit_tiny", "evaluate-released@smoke-secvit_tiny", *released}
+    assert resolve_targets(study, "smoke", ["released:secvit_tiny"]) == ["evaluate-released@smoke-secvit_tiny"]
+    lane_all = resolve_targets(study, "smoke", ["all"], ["released"])  # one lane: its stages (the tables wait for both)
+    assert "figures@smoke" not in lane_all and "tables@smoke" not in lane_all and "pretrain@smoke-secvit_tiny" not in lane_all
+    assert {"evaluate-released@smoke-secvit_tiny", "segment-released@smoke-secvit_tiny-semantic_fpn", "complexity@smoke"} <= set(lane_all)
+    with pytest.raises(SecvitError, match="^secvit_tiny: nothing in the released lane of the smoke profile$"):
+        resolve_targets(study, "smoke", ["secvit_tiny"], ["released"])
+    assert resolve_targets(study, "smoke", ["secvit_tiny"]) == ["pretrain@smoke-secvit_tiny", "evaluate@smoke-secvit_tiny"]
+    # table 7 in the smoke profile: complexity and the sweep's runs (the profile has no secvit_small run of its own)
+    assert resolve_targets(study, "smoke", ["secvit_tiny-no_lce", "table7"]) == [
+        "ablate@smoke-no_lce", "complexity@smoke", "sweep@smoke-64-16-4-1", "sweep@smoke-64-16-2-1", "sweep@smoke-64-8-2-1"]
+    assert resolve_targets(study, "paper", ["secvit_large-upernet"]) == ["segment@paper-secvit_large-upernet"]
+    assert resolve_targets(study, "smoke", None) == resolve_targets(study, "smoke", ["all"]) == ["tables@smoke", "figures@smoke"]
+    assert resolve_targets(study, "smoke", ["data-smoke", "evaluate@smoke-secvit_tiny"]) == [
+        "data-smoke@imagenet", "data-smoke@coco", "data-smoke@ade20k", "evaluate@smoke-secvit_tiny"]  # a group, a stage
+    assert resolve_targets(study, "smoke", ["evaluate"])[:2] == ["evaluate@smoke-secvit_tiny", "evaluate@smoke-sec_swin_tiny"]
     with pytest.raises(SecvitError, match="unknown target 'secvit_tinny'"):
-        resolve_targets(repo, "smoke", ["secvit_tinny"])
+        resolve_targets(study, "smoke", ["secvit_tinny"])
     with pytest.raises(SecvitError, match="unknown table 'table9'"):
-        resolve_targets(repo, "smoke", ["table9"])
+        resolve_targets(study, "smoke", ["table9"])
 
 
 def test_repro_runs_only_what_a_target_needs(tmp_path, repo_root):

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import make_project, one_line_error, secvit
+from PIL import Image
+from conftest import make_project, one_line_error, secvit, secvit_in_process
 
-from secvit.pipelines.downstream import CONFIGS, DETECTION_CONFIGS, SEGMENTATION_CONFIGS
 from secvit.errors import SecvitError
 from secvit.models.registry import create
 from secvit.tables.paper import load_paper_tables
@@ -27,9 +27,10 @@ from secvit.tables.paper import load_paper_tables
 mmengine = pytest.importorskip("mmengine")
 from secvit.downstream.backbone import SecvitBackbone  # noqa: E402
 from secvit.downstream.hooks import load_own_checkpoint  # noqa: E402
-from secvit.downstream.run import (  # noqa: E402
-    Overrides, latest_checkpoint, prepare_config, scale_image_sizes, swap_backbone, training_batch,
+from secvit.downstream.config import (  # noqa: E402
+    CONFIGS, DETECTION_CONFIGS, SEGMENTATION_CONFIGS, Overrides, prepare_config, scale_image_sizes, swap_backbone, training_batch,
 )
+from secvit.downstream.runner import latest_checkpoint  # noqa: E402
 
 ALL_CONFIGS = sorted(CONFIGS.glob("mm*/*/*.py"))
 
@@ -178,7 +179,7 @@ def test_cascade_flops_mask_the_first_100_proposals(tmp_path, monkeypatch):
     from mmdet.models.roi_heads.bbox_heads import ConvFCBBoxHead
     from mmdet.models.roi_heads.mask_heads import FCNMaskHead
 
-    from secvit.downstream.run import MASKED_ROIS, model_complexity
+    from secvit.downstream.complexity import MASKED_ROIS, model_complexity
 
     seen: dict[str, list[int]] = {"box": [], "mask": []}
     for name, cls in (("box", ConvFCBBoxHead), ("mask", FCNMaskHead)):
@@ -258,7 +259,7 @@ def test_roi_counts_scale_for_two_stage_detectors_only():
     not the RPN's anchor sampler, and nothing of a one-stage detector."""
     from mmengine.config import Config
 
-    from secvit.downstream.run import scale_roi_counts
+    from secvit.downstream.config import scale_roi_counts
 
     cascade = Config.fromfile(str(CONFIGS / "mmdet/cascade_mask_rcnn/cascade-mask-rcnn_secvit-small_fpn_ms-3x_coco.py"))
     scale_roi_counts(cascade, 0.125)
@@ -403,11 +404,28 @@ def test_stock_train_tool_warns_without_backbone_weights(tmp_path):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, repo_root):
-    """A scratch project with the generated COCO and ADE20K data and secvit_tiny 'pretrained' weights."""
+    """A scratch project with the generated COCO and ADE20K data and secvit_tiny 'pretrained' weights. The data is
+    then used as real data is (not regenerated) with a truncated COCO training JPEG, an ADE20K training mask and
+    an ADE20K validation mask of the wrong size: the data stage finds them, and every run below leaves them out
+    (without that, the first batch or the final metric would crash)."""
     project = make_project(tmp_path_factory.mktemp("downstream"), repo_root)
     for dataset in ("coco", "ade20k"):
         result = secvit(project, "data", "--profile", "smoke", "--dataset", dataset)
         assert result.returncode == 0, result.stderr[-2000:]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dataset in ("coco", "ade20k"):
+        shutil.copytree(project / "data/smoke" / dataset, project / "real" / dataset)
+        params["smoke"]["data"][dataset] = f"real/{dataset}"
+        del params["smoke"]["data"]["generate"][dataset]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    jpeg = project / "real/coco/train2017/000000100003.jpg"
+    jpeg.write_bytes(jpeg.read_bytes()[:2000])
+    for split, stem in (("training", "ADE_train_00000002"), ("validation", "ADE_val_00000001")):
+        mask = project / f"real/ade20k/ADEChallengeData2016/annotations/{split}/{stem}.png"
+        Image.open(mask).resize((64, 64), Image.NEAREST).save(mask)
+    for dataset in ("coco", "ade20k"):
+        result = secvit_in_process(project, "data", "--profile", "smoke", "--dataset", dataset)
+        assert result.returncode == 0 and "bad images left out" in result.stderr, result.stderr[-2000:]
     _save_weights(project / "runs/smoke/pretrain/secvit_tiny/best.pth")
     yield project
     shutil.rmtree(project, ignore_errors=True)
@@ -440,7 +458,8 @@ def _bars(stderr: str) -> list[str]:
 
 def test_segmentation_resumes_after_a_kill(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["smoke"]["segmentation"]["overrides"].update(length=6, checkpoint_every=2)
+    params["smoke"]["segmentation"]["overrides"]["length"] = 6
+    params["smoke"]["segmentation_speed"]["checkpoint_every"] = 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     args = ["segment", "--profile", "smoke", "--model", "secvit_tiny", "--head", "semantic_fpn"]
     work = project / "runs/smoke/segmentation/secvit_tiny-semantic_fpn"
@@ -451,15 +470,18 @@ def test_segmentation_resumes_after_a_kill(project):
     assert len(runs) == 2 and runs[1][0] > 2 and runs[1][-1] == 6, runs  # continued, not restarted
     metrics = json.loads((project / "results/smoke/segmentation/secvit_tiny-semantic_fpn/metrics.json").read_text())
     assert 0 <= metrics["miou"] <= 100 and 0 <= metrics["aacc"] <= 100
+    assert {"mIoU", "mAcc", "aAcc"} <= set(metrics["raw"]) and round(metrics["raw"]["mIoU"], 2) == metrics["miou"]  # numpy values kept
+    assert metrics["left_out_images"] == 2  # the wrong-size training and validation masks (fixture)
     assert metrics["flops_input"] == "512x512" and metrics["gflops"] < metrics["gflops_all_ops"]
     assert latest_checkpoint(work) == str(work / "iter_6.pth")
     assert sorted(p.name for p in work.glob("*.pth")) == ["iter_6.pth"]  # finished: the latest checkpoint only,
     final = load_own_checkpoint(str(work / "iter_6.pth"), mmap=True)
     assert "state_dict" in final and "optimizer" not in final and "param_schedulers" not in final  # without optimizer state
-    assert _bars(result.stderr) == ["train", "val"]  # the validation after the last iteration is the test: no second pass
+    # the validation after the last iteration is the test: no second pass; then the multi-scale + flip test (ms_flip)
+    assert _bars(result.stderr) == ["train", "val", "test"]
     again = secvit(project, *args)  # a finished run: nothing to train, so it tests, the same model with the same metric
     assert again.returncode == 0, again.stderr[-3000:]
-    assert _bars(again.stderr) == ["train", "test"]
+    assert _bars(again.stderr) == ["train", "test", "test"]
     rerun = json.loads((project / "results/smoke/segmentation/secvit_tiny-semantic_fpn/metrics.json").read_text())
     assert rerun["raw"] == metrics["raw"]
 
@@ -493,6 +515,7 @@ def test_detection_resumes_after_a_kill(project):
     runs = _trained_steps(work)
     assert len(runs) == 2 and runs[1][0] > max(runs[0]) - 1 and runs[1][-1] == 16, runs  # epoch 2 only
     metrics = json.loads((project / "results/smoke/detection/secvit_tiny-retinanet-1x/metrics.json").read_text())
+    assert metrics["left_out_images"] == 1  # the truncated training JPEG (fixture)
     for key in ("ap_b", "ap50_b", "ap75_b", "ap_s_b", "ap_m_b"):
         assert 0 <= metrics[key] <= 100, key
     assert metrics["ap_l_b"] is None  # no large objects in the generated images (pycocotools: -1)
@@ -512,7 +535,8 @@ def test_stop_signal_saves_the_iteration_and_resumes_after_it(project, task, arg
     """SLURM's pre-timeout USR2 mid-run: the stage saves iter_<N>.pth after the iteration in flight and exits 75;
     run again, it trains from iteration N + 1 (inside the epoch, for detection), losing nothing."""
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["smoke"][task]["overrides"].update(length=length, checkpoint_every=100)  # no periodic checkpoint before the end
+    params["smoke"][task]["overrides"]["length"] = length
+    params["smoke"][f"{task}_speed"]["checkpoint_every"] = 100  # no periodic checkpoint before the end
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     argv = [args[0], "--profile", "smoke", "--model", "secvit_tiny", *args[1:]]
     key = "secvit_tiny-" + ("semantic_fpn" if task == "segmentation" else "retinanet-1x")

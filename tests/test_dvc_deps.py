@@ -2,11 +2,12 @@
 
 The computing closure of a stage's ``secvit <command>`` is found in the source: the imports of the
 CLI function itself and of its module, then every import (function-level ones included) of each
-module reached, except the rooms that dispatch or display a stage and compute none of its outputs
-(:data:`DISPATCH`: the command line, the orchestration of stages, the benchmarks). Both directions
-are checked: a computing module missing from the stage's ``deps`` would let ``dvc repro`` keep stale
-results after it changed; a dispatch module listed would re-run days of training after an edit to
-the SLURM watcher or the benchmark's report. No computing module may import a dispatch module.
+module reached, except the rooms that choose, cost, dispatch or display stages and compute none of
+their outputs (:data:`DISPATCH`: the command line, the orchestration of stages, the study model, the
+cost plan, the benchmarks, the doctor). Both directions are checked: a computing module missing from
+the stage's ``deps`` would let ``dvc repro`` keep stale results after it changed; a dispatch module
+listed would re-run days of training after an edit to the SLURM watcher or the benchmark's report. No
+computing module may import a dispatch module, and no library module (``secvit/``) a stage module.
 """
 
 import ast
@@ -53,8 +54,10 @@ def _tree(name: str) -> ast.Module:
     return ast.parse(_module_file(name).read_text(encoding="utf-8"))
 
 
-#: Modules that dispatch, launch or display stages, or benchmark them: no stage depends on them.
-DISPATCH = ("secvit.cli", "secvit.orchestrate", "secvit.bench")
+#: Modules that choose, cost, dispatch, launch or display stages, or benchmark them: no stage depends on them.
+DISPATCH = ("secvit.cli", "secvit.orchestrate", "secvit.study", "secvit.cost", "secvit.bench", "secvit.doctor")
+#: The stage modules and the rooms above the library: nothing in secvit/ imports them.
+ABOVE_THE_LIBRARY = ("secvit.cli", "secvit.pipelines", "secvit.orchestrate")
 
 
 def is_dispatch(name: str) -> bool:
@@ -118,11 +121,12 @@ def _covered(path: str, deps: list[str]) -> bool:
 
 def test_closure_follows_function_level_imports_and_stops_at_dispatch():
     closure = import_closure("secvit.cli.downstream", "detect")
-    assert {"pipelines/downstream.py", "secvit/downstream/run.py", "secvit/data/layout.py"} <= closure
+    assert {"pipelines/downstream.py", "secvit/downstream/runner.py", "secvit/data/layout.py"} <= closure
     assert "secvit/engine/train.py" not in closure  # secvit.cli.train's pretrain command does not run
     assert "secvit/engine/train.py" in import_closure("secvit.cli.train", "pretrain")
     dispatch = dispatch_files()
-    assert {"cli/train.py", "orchestrate/slurm.py", "orchestrate/launch.py", "secvit/bench.py"} <= dispatch
+    assert {"cli/train.py", "orchestrate/slurm.py", "orchestrate/launch.py", "secvit/bench/seca.py", "secvit/cost/plan.py",
+            "secvit/study/__init__.py"} <= dispatch
     for command in (("secvit.cli.train", "pretrain"), ("secvit.cli.downstream", "detect"), ("secvit.cli.models", "complexity")):
         assert not import_closure(*command) & dispatch, command
 
@@ -151,3 +155,39 @@ def test_no_stage_depends_on_the_code_that_dispatches_it():
             listed[name] = found
     assert not listed, "dvc.yaml stages depend on dispatch code:\n" + "\n".join(f"{k}: {v}" for k, v in listed.items())
 
+
+
+def test_the_library_imports_no_stage_module():
+    """``secvit/`` (the library) imports nothing from the stage modules, the command line or the orchestration,
+    at module top or inside a function: the facts they share live in the library."""
+    wrong = {}
+    for path in sorted((ROOT / "secvit").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        named = sorted(n for n in _project_names(ast.walk(tree)) if any(n == r or n.startswith(r + ".") for r in ABOVE_THE_LIBRARY))
+        if named:
+            wrong[str(path.relative_to(ROOT))] = named
+    assert not wrong, f"library modules import stage or dispatch modules: {wrong}"
+
+
+#: The rooms whose function-local imports say why they are function-local (heavy or optional).
+EXPLAINED_IMPORTS = ("orchestrate", "secvit/study", "secvit/cost", "secvit/bench", "secvit/doctor", "secvit/downstream")
+
+
+def test_function_local_imports_say_why():
+    """Imports inside functions hide the graph from readers and tools: in these rooms they are kept only where an
+    import is heavy or optional, and each says so (a comment on the line, above it, or on the group's first line)."""
+    bare = []
+    for room in EXPLAINED_IMPORTS:
+        for path in sorted((ROOT / room).rglob("*.py")):
+            lines = path.read_text(encoding="utf-8").splitlines()
+            tree = ast.parse("\n".join(lines))
+            local = sorted({n.lineno for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                            for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))})
+            explained: set[int] = set()
+            for number in local:
+                above = lines[number - 2].strip() if number > 1 else ""
+                if "#" in lines[number - 1] or above.startswith("#") or number - 1 in explained:
+                    explained.add(number)
+                else:
+                    bare.append(f"{path.relative_to(ROOT)}:{number}: {lines[number - 1].strip()}")
+    assert not bare, "function-local imports without a reason:\n" + "\n".join(bare)

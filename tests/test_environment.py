@@ -1,17 +1,19 @@
 """The pinned environment: every locked version is the installed one, and mmcv's compiled ops run."""
 
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import torch
 
 
 def test_installed_versions_match_the_lockfile(repo_root):
-    """Every pin of requirements.lock is installed at its version (secvit doctor's own check)."""
-    from secvit.doctor import lock_mismatches, lock_pins
+    """Every pin of the lockfile that .venv was installed from (requirements.lock, or requirements-cu12.lock with
+    SECVIT_CUDA=12) is installed at its version (secvit doctor's own check)."""
+    from secvit.doctor.report import lock_in_use, lock_mismatches, lock_pins
 
-    pins = lock_pins(repo_root / "requirements.lock")
-    assert len(pins) > 50 and pins["torch"].startswith("2.14.1")
+    pins = lock_pins(repo_root / lock_in_use())
+    assert len(pins) > 50 and torch.__version__.split("+")[0] == pins["torch"]
     assert not lock_mismatches(pins), lock_mismatches(pins)
     assert lock_mismatches({"torch": "0.0.1", "no-such-package-x": "1.0"}) == [
         f"torch {version('torch')} != 0.0.1", "no-such-package-x missing"
@@ -30,7 +32,7 @@ def test_mmcv_ops_and_openmmlab_stack():
     assert keep.tolist() == [0, 2]
 
 
-@pytest.mark.parametrize("module", ["timm", "fvcore", "dvc", "dvclive", "submitit", "pycocotools", "typer", "rich"])
+@pytest.mark.parametrize("module", ["timm", "fvcore", "dvc", "submitit", "pycocotools", "typer", "rich"])
 def test_stack_imports(module):
     __import__(module)
 
@@ -51,3 +53,36 @@ def test_cli_and_pipelines_are_installed_inside_the_secvit_namespace(repo_root, 
     assert (main_file, slurm_file) == (str(repo_root / "cli/main.py"), str(repo_root / "orchestrate/slurm.py"))
     entry = [e for e in __import__("importlib.metadata").metadata.entry_points(group="console_scripts") if e.name == "secvit"]
     assert [e.value for e in entry] == ["secvit.cli.main:app"]
+
+
+def _lock_with(lock: Path, dest: Path, **pins: str) -> Path:
+    """A copy of ``lock`` with other versions for ``pins``."""
+    lines = []
+    for line in lock.read_text().splitlines():
+        name = line.partition("==")[0]
+        lines.append(f"{name}=={pins[name]}" if "==" in line and name in pins else line)
+    dest.write_text("\n".join(lines) + "\n")
+    return dest
+
+
+def test_the_cuda_locks_differ_only_where_they_must(repo_root, tmp_path):
+    """requirements-cu12.lock is requirements.lock with requirements-cu12.in's torch and torchvision (CUDA 12 wheels):
+    every package pinned differently, or in one lock only, is one of those or pulled in by nothing else (the CUDA
+    libraries, triton). A pin that drifts elsewhere (numpy here) is caught."""
+    from secvit.doctor.report import lock_pins, requirement_names, torch_closure
+
+    main, cu12, roots = repo_root / "requirements.lock", repo_root / "requirements-cu12.lock", requirement_names(repo_root / "requirements-cu12.in")
+
+    def differ(a: Path, b: Path) -> set[str]:
+        pa, pb = lock_pins(a), lock_pins(b)
+        return {name for name in pa.keys() | pb.keys() if pa.get(name) != pb.get(name)} - torch_closure(a, roots) - torch_closure(b, roots)
+
+    assert roots == {"torch", "torchvision"}
+    main_pins, cu12_pins = lock_pins(main), lock_pins(cu12)
+    assert main_pins["cuda-toolkit"].startswith("13.") and cu12_pins["nvidia-cuda-runtime-cu12"].startswith("12.")
+    assert main_pins["torch"] != cu12_pins["torch"] and main_pins["triton"] != cu12_pins["triton"]
+    shared = main_pins.keys() & cu12_pins.keys()
+    assert len(shared - torch_closure(main, roots)) > 100  # the closure is torch's own: most packages are outside it
+    assert differ(main, cu12) == set()
+    drifted = _lock_with(cu12, tmp_path / "drifted.lock", numpy="1.0.0")
+    assert differ(main, drifted) == {"numpy"}

@@ -9,7 +9,7 @@ import io
 import json
 
 import pytest
-from conftest import run, scratch_repo
+from conftest import invoke, scratch_repo
 
 STAGE = "pretrain@smoke-secvit_tiny"
 METRICS = "results/smoke/pretrain/secvit_tiny/metrics.json"
@@ -34,9 +34,9 @@ def _exp_metrics(shown: list[dict], name: str) -> dict:
 def test_two_experiments_compare_in_exp_show(tmp_path, repo_root):
     repo = scratch_repo(repo_root, tmp_path, untracked=True, params=TINY)
     for name, lr_base in (("lr-low", 1.0e-4), ("lr-high", 1.0e-2)):
-        result = run(repo, "dvc", "exp", "run", "-n", name, "-S", f"smoke.pretrain.lr_base={lr_base}", STAGE, timeout=300)
+        result = invoke(repo, "dvc", "exp", "run", "-n", name, "-S", f"smoke.pretrain.lr_base={lr_base}", STAGE, timeout=300)
         assert "Running stage 'pretrain@smoke-secvit_tiny'" in result.stdout, result.stdout[-2000:]
-    shown = json.loads(run(repo, "dvc", "exp", "show", "--json").stdout)
+    shown = json.loads(invoke(repo, "dvc", "exp", "show", "--json").stdout)
     low, high = _exp_metrics(shown, "lr-low"), _exp_metrics(shown, "lr-high")
     assert low["params"]["smoke"]["pretrain"]["lr_base"] == 1.0e-4 and high["params"]["smoke"]["pretrain"]["lr_base"] == 1.0e-2
     assert low["metrics"]["lr"] == pytest.approx(1.0e-4 * 32 / 512) and high["metrics"]["lr"] == pytest.approx(1.0e-2 * 32 / 512)
@@ -46,24 +46,24 @@ def test_two_experiments_compare_in_exp_show(tmp_path, repo_root):
 
     # metrics and curves are in each experiment's git commit; checkpoints only in DVC's cache
     for name, found in (("lr-low", low), ("lr-high", high)):
-        committed = run(repo, "git", "show", f"refs/exps/{_ref(repo, name)}:{METRICS}").stdout
+        committed = invoke(repo, "git", "show", f"refs/exps/{_ref(repo, name)}:{METRICS}").stdout
         scalars = {k: v for k, v in json.loads(committed).items() if not isinstance(v, list)}  # DVC shows no lists (hosts)
         assert scalars == found["metrics"]
-        files = run(repo, "git", "ls-tree", "-r", "--name-only", f"refs/exps/{_ref(repo, name)}").stdout.split()
+        files = invoke(repo, "git", "ls-tree", "-r", "--name-only", f"refs/exps/{_ref(repo, name)}").stdout.split()
         assert "results/smoke/pretrain/secvit_tiny/dvclive/plots/metrics/train/loss.tsv" in files
         assert not [f for f in files if f.startswith(("runs/", "data/"))]
-    lock = run(repo, "git", "show", f"refs/exps/{_ref(repo, 'lr-high')}:dvc.lock").stdout
+    lock = invoke(repo, "git", "show", f"refs/exps/{_ref(repo, 'lr-high')}:dvc.lock").stdout
     assert "runs/smoke/pretrain/secvit_tiny" in lock and "data/smoke/imagenet" in lock
     assert any((repo / ".dvc/cache").rglob("*"))
 
-    rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(run(repo, "dvc", "exp", "show", "--csv").stdout))}
+    rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(invoke(repo, "dvc", "exp", "show", "--csv").stdout))}
     for name in ("lr-low", "lr-high"):  # `!` marks a metric that an experiment's commit lacks
         assert rows[name]["best_top1"] != "!" and "!" not in rows[name].values(), rows[name]
 
 
 def _ref(repo, name: str) -> str:
     """The ``refs/exps/...`` suffix of experiment ``name``."""
-    refs = run(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps/").stdout.split()
+    refs = invoke(repo, "git", "for-each-ref", "--format=%(refname)", "refs/exps/").stdout.split()
     found = [r.removeprefix("refs/exps/") for r in refs if r.endswith(f"/{name}")]
     assert len(found) == 1, refs
     return found[0]

@@ -17,8 +17,8 @@ from secvit.data.synthetic import make_imagenet
 
 
 def test_device_count_and_executor_settings(monkeypatch):
-    from secvit.orchestrate.launch import visible_devices
-    from secvit.orchestrate.slurm import executor_choice
+    from secvit.device import visible_devices
+    from secvit.orchestrate.env import executor_choice
     from secvit.errors import SecvitError
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -57,7 +57,7 @@ def test_resume_on_another_device_count_is_exact_or_refused(tmp_path, repo_root)
         project = make_project(tmp_path / name, repo_root)
         params = yaml.safe_load((project / "params.yaml").read_text())
         params["smoke"]["pretrain"].update(epochs=1, ema=False)  # best.pth: the raw weights
-        params["smoke"]["pretrain_speed"].update(checkpoint_every_steps=1)
+        params["smoke"]["pretrain_speed"].update(checkpoint_every_steps=1, batch_per_device=16)  # 2 devices: 1 micro-batch each
         params["smoke"]["data"]["imagenet"] = str(data)
         (project / "params.yaml").write_text(yaml.safe_dump(params))
         projects[name] = project
@@ -66,7 +66,7 @@ def test_resume_on_another_device_count_is_exact_or_refused(tmp_path, repo_root)
     straight = secvit(projects["straight"], "pretrain", "--profile", "smoke", "--model", "secvit_tiny", env={**env, "SECVIT_CPU_DEVICES": "2"})
     assert straight.returncode == 0, straight.stderr[-3000:]
     metrics = json.loads((projects["straight"] / "results/smoke/pretrain/secvit_tiny/metrics.json").read_text())
-    # smoke: global batch 32 = 16 per device x 2 processes, so no accumulation (1 process: 2 steps of 16)
+    # global batch 32 = 16 per device x 2 processes, so no accumulation (1 process: 2 steps of 16)
     assert metrics["world_size"] == 2 and metrics["global_batch"] == 32 and metrics["accumulation"] == 1
     assert metrics["epochs"] == 1 and 0 <= metrics["best_top1"] <= 100
     assert "best top-1" in straight.stderr  # rank 0's result reached the command

@@ -16,6 +16,8 @@ import yaml
 from conftest import SECVIT, make_project, one_line_error, secvit, secvit_in_process
 
 from secvit.engine.config import PretrainConfig
+from secvit.engine.distributed import DistEnv
+from secvit.engine.loaders import build_train_loader, set_epoch
 from secvit.errors import SecvitError
 from secvit.params import from_section, load_params
 
@@ -64,7 +66,7 @@ def test_smoke_profile_inherits_the_recipe(params):
     assert smoke["opt"] == paper["opt"] and smoke["sched"] == paper["sched"] and smoke["weight_decay"] == paper["weight_decay"]
     assert params["smoke"]["pretrain_speed"]["fused_optimizer"] == params["paper"]["pretrain_speed"]["fused_optimizer"]
     cfg = recipe(params, "smoke", "secvit_tiny")
-    assert cfg.accumulation(1) == 2
+    assert cfg.accumulation(1) == 4
     # the runs that check a family or an ablation end to end are shorter, nothing else differs
     short = recipe(params, "smoke", "secvit_tiny-no_lce")
     assert (short.epochs, cfg.epochs) == (1, 2)
@@ -82,7 +84,7 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed(params):
     assert changed_settings({**saved, "workers": 8, "checkpoint_every_steps": 1}, cfg) == []  # compute the same
     speed = {"batch_per_device": 8, "fused_optimizer": False, "channels_last": False, "compile": True, "grad_checkpointing": True}
     assert changed_settings({**saved, **speed}, cfg) == []  # the speed options: same results, resumed
-    assert changed_settings({**saved, "drop_path": 0.1}, cfg) == ["drop_path"]
+    assert changed_settings({**saved, "drop_path": 0.3}, cfg) == ["drop_path"]
     assert changed_settings({**saved, "lr_base": 1.0, "epochs": 3}, cfg) == ["epochs", "lr_base"]
 
 
@@ -150,11 +152,15 @@ def test_global_batch_on_any_device_count_that_divides_it(params):
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, repo_root):
-    """The smoke dataset (with one corrupt image) and an uninterrupted smoke run of secvit_tiny."""
+    """The smoke dataset (with one corrupt image, the first that epoch 1 samples) and an uninterrupted smoke run
+    of secvit_tiny."""
     project = make_project(tmp_path_factory.mktemp("smoke"), repo_root)
     assert secvit(project, "data", "--profile", "smoke", "--dataset", "imagenet").returncode == 0
-    corrupt = project / "data/smoke/imagenet/train/n01441764/n01441764_999.JPEG"
-    corrupt.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    loader = build_train_loader(project / "data/smoke/imagenet", recipe(load_params(project / "params.yaml"), "smoke", "secvit_tiny"),
+                                DistEnv(0, 1, 0, torch.device("cpu")), skip_log=None)
+    set_epoch(loader, 0)
+    index, _ = next(iter(loader.sampler))  # repeated augmentation samples a third of the images in an epoch
+    Path(loader.dataset.dataset.samples[index][0]).write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     result = secvit(project, "pretrain", "--profile", "smoke", "--model", "secvit_tiny")
     assert result.returncode == 0, result.stderr[-2000:]
     yield project
@@ -165,14 +171,18 @@ def _metrics(project: Path, run: str = "secvit_tiny") -> dict:
     return json.loads((project / "results/smoke/pretrain" / run / "metrics.json").read_text())
 
 
-def test_smoke_run_learns_and_reports(smoke):
+def test_smoke_run_reports(smoke):
+    """The smoke run trains the paper's recipe (Mixup/CutMix, RandAugment, repeated augmentation) for 32 steps,
+    too few to learn the classes (tests/test_recipe.py checks the recipe itself): what it must get right is its
+    record, the curves and the checkpoints."""
     metrics = _metrics(smoke)
-    assert metrics["epochs"] == 2 and metrics["num_classes"] == 4 and metrics["accumulation"] == 2
-    assert metrics["best_top1"] > 45  # chance is 25
-    assert metrics["best_weights"] in ("raw", "ema") and metrics["best_top1"] >= metrics["final_top1"]
+    assert metrics["epochs"] == 2 and metrics["num_classes"] == 4 and metrics["accumulation"] == 4
+    assert all(0 <= metrics[k] <= 100 for k in ("best_top1", "final_top1", "final_top1_ema", "best_top5"))
+    assert metrics["best_weights"] in ("raw", "ema") and metrics["best_top1"] >= max(metrics["final_top1"], metrics["final_top1_ema"])
     assert metrics["skipped_images"] == 1  # the corrupt JPEG, skipped and counted
     skipped = (smoke / "runs/smoke/pretrain/secvit_tiny/skipped_images.tsv").read_text()
-    assert "n01441764_999.JPEG" in skipped
+    path, error = skipped.strip().split("\t")
+    assert (smoke / path).read_bytes().endswith(b"definitely not a jpeg") and error.startswith("OSError")
     curve = smoke / "results/smoke/pretrain/secvit_tiny/dvclive/plots/metrics/val/top1.tsv"
     assert [line.split("\t")[0] for line in curve.read_text().splitlines()] == ["step", "1", "2"]
     run = smoke / "runs/smoke/pretrain/secvit_tiny"
@@ -294,5 +304,72 @@ def test_ddp_two_processes_reach_the_same_global_batch(smoke, tmp_path, repo_roo
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = _metrics(project)
-    assert metrics["world_size"] == 2 and metrics["accumulation"] == 1 and metrics["global_batch"] == 32
+    assert metrics["world_size"] == 2 and metrics["accumulation"] == 2 and metrics["global_batch"] == 32
     assert metrics["epochs"] == 1 and metrics["best_top1"] is not None
+
+
+def test_compiled_training_checkpoints_averages_and_resumes_as_eager(params, tmp_path, monkeypatch):
+    """compile: true trains torch.compile(model) (here Dynamo's graph capture, backend eager: inductor's code generation
+    takes minutes per model on a CPU, see docs/benchmarks.md) and checkpoints, averages (EMA) and resumes the bare model.
+    With the CPU's fast kernels off (they run eager only; compiled, the plain ops run) eager and compiled compute the
+    same ops: a run stopped mid-epoch (SLURM's pre-timeout path) writes the same checkpoint compiled as eager (keys,
+    weights, EMA, optimizer state); resumed compiled, or eager (compile is a speed setting), it ends exactly as an
+    uninterrupted compiled run."""
+    import secvit.engine.train as engine
+    from secvit.data.synthetic import make_imagenet
+    from secvit.engine.distributed import Stopped
+    from secvit.models import kernels
+
+    monkeypatch.setattr(kernels, "_enabled", False)
+
+    data = tmp_path / "imagenet"
+    make_imagenet(data, num_classes=4, train_per_class=16, val_per_class=4, size=48, seed=0)  # 2 optimizer steps an epoch
+    base = dataclasses.replace(recipe(params, "smoke", "secvit_tiny"), epochs=2, batch_size=32, batch_per_device=16, workers=0,
+                               checkpoint_every_steps=1, mixup_alpha=0.0, cutmix_alpha=0.0)
+    compiled_models = []
+    real_compile = torch.compile
+
+    def compile_eager(model, **kwargs):
+        compiled_models.append(model)
+        return real_compile(model, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    tiny = {"depths": [1, 1, 1, 1]}  # every block type, a fraction of the cost
+
+    def run(name: str, compile_: bool, stop_at: int | None = None) -> Path:
+        calls = iter(range(1, 100))
+        monkeypatch.setattr(engine, "stop_requested", lambda device: next(calls) == stop_at)
+        cfg = dataclasses.replace(base, compile=compile_)
+        try:
+            engine.pretrain("secvit_tiny", cfg, data, tmp_path / name, model_kwargs=tiny)
+        except Stopped:
+            pass
+        return tmp_path / name
+
+    def state(path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    # stopped at the third check: epoch 2 after its first optimizer step
+    eager, compiled = run("eager", False, stop_at=3), run("compiled", True, stop_at=3)
+    assert len(compiled_models) == 1 and isinstance(compiled_models[0], torch.nn.Module)
+    a, b = state(eager / "last.pth"), state(compiled / "last.pth")
+    assert (a["epoch"], a["batch"]) == (b["epoch"], b["batch"]) == (1, 2)
+    for key in ("model", "model_ema"):
+        assert list(a[key]) == list(b[key]) and not any("_orig_mod" in k for k in b[key])
+        for name, value in a[key].items():
+            assert torch.equal(b[key][name], value), f"{key}.{name}"
+    assert any(not torch.equal(b["model"][k], b["model_ema"][k]) for k in b["model"])  # the EMA averages
+    moments = [(x["state"][i]["exp_avg"], y["state"][i]["exp_avg"]) for x, y in [(a["optimizer"], b["optimizer"])] for i in x["state"]]
+    assert moments and all(torch.equal(x, y) for x, y in moments)
+
+    shutil.copytree(compiled, tmp_path / "crossed")
+    run("compiled", True)  # resumed compiled
+    run("crossed", False)  # the compiled run's checkpoint resumed eager
+    straight = run("straight", True)  # uninterrupted, compiled
+    assert len(compiled_models) == 3
+    end, cross, through = (state(path / "best.pth") for path in (compiled, tmp_path / "crossed", straight))
+    assert (end["epoch"], end["weights"]) == (through["epoch"], through["weights"])
+    for name, value in through["model"].items():
+        assert torch.equal(end["model"][name], value) and torch.equal(cross["model"][name], value), name
+    history = [{k: v for k, v in row.items() if k != "images_per_s"} for row in state(straight / "last.pth")["history"]]
+    assert [{k: v for k, v in row.items() if k != "images_per_s"} for row in state(compiled / "last.pth")["history"]] == history

@@ -2,6 +2,7 @@
 
 (No timings are asserted; `secvit bench` prints them.)"""
 
+import copy
 import dataclasses
 import json
 import mmap
@@ -16,7 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import one_line_error, secvit_in_process
-from secvit.bench import appendix_e_seca, bench_seca, environment, models_markdown, peak_memory, seca_shapes
+from secvit.bench import environment, peak_memory
+from secvit.bench.models import models_markdown
+from secvit.bench.seca import appendix_e_seca, bench_seca, seca_shapes
+from secvit.doctor.gpu_check import FAMILY_MODELS
 from secvit.timing import time_interleaved
 from secvit.engine.config import PretrainConfig
 from secvit.engine.train import apply_speed_options, build_optimizer
@@ -236,13 +240,30 @@ def test_bench_models_bad_input_is_a_one_line_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_whole_model_compiles_without_graph_breaks():
-    """torch.compile(fullgraph=True) (eager backend) of the whole model, training with drop path and eval."""
-    model = create("secvit_tiny", drop_path_rate=0.1).train()
-    compiled = torch.compile(model, backend="eager", fullgraph=True)
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_every_family_compiles_as_one_graph(name):
+    """torch.compile(fullgraph=True) of each family's smallest model, training (drop path) forward and backward, and
+    evaluation: no graph break, and the gradients and outputs of eager's.
+
+    With one block per stage (every block type and stage, a fraction of the tracing) and the aot_eager backend:
+    graph breaks are Dynamo's, found before any backend runs, and AOTAutograd traces the backward as inductor
+    would; inductor's code generation on a CPU costs minutes per model (docs/benchmarks.md), so its kernels are
+    left to the GPU check (scripts/gpu_check.sh compiles every family with inductor) and `secvit bench compile`."""
+    # Dynamo's caches hold every earlier compile of this process: a model of another family recompiles the shared
+    # code objects, and past the recompile limit fullgraph fails (or, before it, turns the shapes symbolic and
+    # traces for minutes). Each family starts afresh, at static shapes, as a training run compiles one model.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = create(name, num_classes=10, drop_path_rate=0.1, depths=(1, 1, 1, 1)).train()
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True, dynamic=False)
     x = torch.randn(2, 3, 64, 64)
-    compiled(x).sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
-    model.eval()
+    torch.manual_seed(1)
+    model(x).square().mean().backward()
+    torch.manual_seed(1)  # the same drop-path draws
+    compiled(x).square().mean().backward()
+    for (key, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=key)
+    model.eval(), twin.eval()
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x))
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)

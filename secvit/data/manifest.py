@@ -4,7 +4,14 @@ A manifest holds the counts a layout check produced, the number of files, their 
 size and a SHA-256 (``listing_sha256``) over the sorted ``relative_path<TAB>size<LF>``
 lines of every file (paths relative to the root, ``/``-separated, UTF-8): adding,
 removing, renaming or resizing any file changes it; nothing is read but directory
-entries and ``stat`` (a same-size in-place edit is not detected).
+entries and ``stat`` (a same-size in-place edit is not detected). The data stage lists
+the dataset's own files (images, masks, label files: :mod:`secvit.data.verify`), not
+whatever else lies under the root; ``bad`` maps each image that verification found bad
+to its problem (the loaders leave these out). No mtime goes in: a copied dataset keeps
+its manifest, so nothing downstream re-runs. Nor does the root: the manifest is the dataset's identity
+(its files and sizes), wherever it lies, so moving a dataset leaves every result current. The
+verification's cache, which holds mtimes and the root it checked, is a file of its own beside it
+(:func:`read_cache`).
 """
 
 from __future__ import annotations
@@ -12,14 +19,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from secvit.atomic import write_json
 from secvit.data.layout import DatasetCounts
 from secvit.errors import SecvitError
 
-MANIFEST_KEYS = ("bytes", "counts", "files", "kind", "listing_sha256", "root")
+MANIFEST_KEYS = ("bad", "bytes", "counts", "files", "kind", "listing_sha256")
+
+
+def listing_fingerprint(listing: Iterable[tuple[str, int]]) -> tuple[int, int, str]:
+    """``(files, total_bytes, listing_sha256)`` of ``(relative path, size)`` pairs."""
+    lines = sorted(f"{rel}\t{size}\n" for rel, size in listing)
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return len(lines), sum(int(line.rsplit("\t", 1)[1]) for line in lines), digest.hexdigest()
 
 
 def tree_fingerprint(root: str | os.PathLike, exclude: set[str] | None = None) -> tuple[int, int, str]:
@@ -29,8 +46,7 @@ def tree_fingerprint(root: str | os.PathLike, exclude: set[str] | None = None) -
     holds absolute paths to leave out (e.g. a manifest written inside the tree).
     """
     exclude = exclude or set()
-    lines: list[str] = []
-    total = 0
+    listing: list[tuple[str, int]] = []
     seen: set[tuple[int, int]] = set()
     stack: list[tuple[str, str]] = [(os.path.abspath(root), "")]
     while stack:
@@ -46,28 +62,27 @@ def tree_fingerprint(root: str | os.PathLike, exclude: set[str] | None = None) -
                 if entry.is_dir():
                     stack.append((entry.path, f"{rel}{entry.name}/"))
                 elif entry.is_file():
-                    size = entry.stat().st_size
-                    total += size
-                    lines.append(f"{rel}{entry.name}\t{size}\n")
-    lines.sort()
-    digest = hashlib.sha256()
-    for line in lines:
-        digest.update(line.encode("utf-8", "surrogateescape"))
-    return len(lines), total, digest.hexdigest()
+                    listing.append((f"{rel}{entry.name}", entry.stat().st_size))
+    return listing_fingerprint(listing)
 
 
 def manifest_of(
-    root: str | os.PathLike, kind: str, counts: DatasetCounts | Mapping[str, Any], exclude: set[str] | None = None
+    root: str | os.PathLike,
+    kind: str,
+    counts: DatasetCounts | Mapping[str, Any],
+    exclude: set[str] | None = None,
+    listing: Iterable[tuple[str, int]] | None = None,
+    bad: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The manifest dict of the dataset at ``root`` (nothing written)."""
+    """The manifest dict of the dataset at ``root`` (nothing written): of the files in ``listing``, or else
+    of every file under ``root`` but those in ``exclude``."""
     path = Path(root)
     if not path.is_dir():
         raise SecvitError(f"cannot write a manifest for {path}: not a directory; pass the dataset root")
-    files, size, sha = tree_fingerprint(path, exclude)
+    files, size, sha = tree_fingerprint(path, exclude) if listing is None else listing_fingerprint(listing)
     return {
+        "bad": dict(sorted((bad or {}).items())),
         "kind": kind,
-        # As configured: a relative root keeps the manifest independent of the checkout's location.
-        "root": str(path),
         "counts": counts.to_dict() if isinstance(counts, DatasetCounts) else dict(counts),
         "files": files,
         "bytes": size,
@@ -76,14 +91,19 @@ def manifest_of(
 
 
 def write_manifest(
-    root: str | os.PathLike, kind: str, counts: DatasetCounts | Mapping[str, Any], out_path: str | os.PathLike
+    root: str | os.PathLike,
+    kind: str,
+    counts: DatasetCounts | Mapping[str, Any],
+    out_path: str | os.PathLike,
+    listing: Iterable[tuple[str, int]] | None = None,
+    bad: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write (and return) the manifest: sorted keys, no timestamps, so unchanged data gives identical bytes.
 
     The file is rewritten only when its content changes (its mtime stays too).
     """
     out = Path(out_path)
-    data = manifest_of(root, kind, counts, exclude={os.path.abspath(out)})
+    data = manifest_of(root, kind, counts, exclude={os.path.abspath(out)}, listing=listing, bad=bad)
     write_json(out, data)
     return data
 
@@ -100,3 +120,12 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict) or not set(MANIFEST_KEYS) <= set(data):
         raise SecvitError(f"{path} is not a dataset manifest (needs {', '.join(MANIFEST_KEYS)}); delete it and rerun `secvit data`")
     return data
+
+
+def read_cache(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The verification cache at ``path``; None if there is none or it cannot be read (it is then rebuilt)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("buckets"), dict) and isinstance(data.get("bad"), dict) else None

@@ -3,6 +3,10 @@
 All generators are deterministic given ``seed`` (each image has its own RNG seeded from
 ``(seed, split, index)``), need no network, and write a whole tiny dataset in about a
 second. Sizes are ``(height, width)``.
+
+:func:`generate` is how the pipeline writes one, and it deletes nothing it did not make: it
+writes only into a missing or empty folder, or one that holds its marker (:data:`MARKER`,
+which lists the files and folders it made); anything else is refused, unchanged.
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ import colorsys
 import json
 import math
 import os
+import shutil
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from secvit.atomic import write_json
 from secvit.errors import SecvitError
 
 JPEG_QUALITY = 90
@@ -289,3 +298,113 @@ def make_ade20k(
             label.save(ann_dir / f"{stem}.png")
         result[split] = n_images
     return result
+
+
+# ---------------------------------------------------------------- writing one safely
+
+MARKER = ".secvit-generated.json"  # in a generated dataset's root: what secvit made there
+
+
+def _made(folder: Path) -> tuple[list[str], list[str]]:
+    """``(files, folders)`` below ``folder``, relative and ``/``-separated, the marker left out."""
+    files, dirs = [], []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            dirs.append(rel)
+        elif rel != MARKER:
+            files.append(rel)
+    return files, dirs
+
+
+def _files_upto(folder: Path, limit: int) -> list[str] | None:
+    """The sorted files below ``folder`` as :func:`_made` lists them, or None once there are more than ``limit``."""
+    files = []
+    for top, dirnames, names in os.walk(folder):
+        dirnames.sort()
+        rel = Path(top).relative_to(folder)
+        files += [(rel / n).as_posix() for n in names if not (n == MARKER and top == str(folder))]
+        if len(files) > limit:
+            return None
+    return sorted(files)
+
+
+def _inside(rel: Any) -> bool:
+    return isinstance(rel, str) and bool(rel) and not Path(rel).is_absolute() and ".." not in Path(rel).parts
+
+
+def _marker(root: Path) -> dict[str, list[str]] | None:
+    """What the marker in ``root`` says secvit made there; None without a (readable) marker."""
+    try:
+        data = json.loads((root / MARKER).read_text(encoding="utf-8"))
+        files, dirs = data["files"], data["dirs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(files, list) or not isinstance(dirs, list) or not all(map(_inside, files + dirs)):
+        return None
+    return {"files": files, "dirs": dirs}
+
+
+def generate(kind: str, root: str | os.PathLike, args: Mapping[str, Any], hint: str = "choose an empty or missing folder") -> dict[str, int]:
+    """Write the generated ``kind`` dataset (``imagenet``, ``coco``, ``ade20k``; ``args`` for its ``make_*``) at ``root``.
+
+    ``root`` may be missing or empty, or hold the marker of an earlier generation: its files are then
+    replaced and those it listed that the new one lacks removed (folders only once empty); a file it
+    did not list stays. A folder whose files are exactly those the generator writes counts as an
+    earlier generation too (one made before markers existed). Anything else is refused with a one-line
+    :class:`SecvitError` naming the folder (``hint`` says what to do), and nothing is changed. The data
+    is drawn in a temporary folder beside ``root`` first, so a failure leaves ``root`` as it was.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise SecvitError(f"will not generate the {kind} data at {root}: it is a file, not a folder; {hint}")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.generating-", dir=root.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become the dataset folder's
+    try:
+        counts = GENERATORS[kind](tmp, **{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+        files, dirs = _made(tmp)
+        record = {"kind": kind, "args": dict(args), "files": files, "dirs": dirs}
+        present = sorted(os.listdir(root)) if root.is_dir() else None
+        if not present:  # missing or empty: the new data becomes the folder
+            write_json(tmp / MARKER, record)
+            if present is not None:
+                root.rmdir()
+            os.rename(tmp, root)
+            return counts
+        old = _marker(root)
+        if old is None and _files_upto(root, len(files)) == files:
+            old = {"files": files, "dirs": dirs}
+        if old is None:
+            raise SecvitError(
+                f"will not generate the {kind} data into {root}: it holds files that secvit did not make "
+                f"({', '.join(present[:3])}{' ...' if len(present) > 3 else ''}) and no {MARKER}; nothing was changed; {hint}"
+            )
+        ours = set(old["files"])
+        clash = [f for f in files if f not in ours and (root / f).exists()]
+        clash += [d for d in dirs if (root / d).exists() and not (root / d).is_dir()]
+        if clash:
+            raise SecvitError(f"will not generate the {kind} data into {root}: {clash[0]} is in the way and secvit did not make it; nothing was changed; {hint}")
+        write_json(root / MARKER, {**record, "files": sorted(ours | set(files)), "dirs": sorted(set(old["dirs"]) | set(dirs))})
+        for rel in sorted(ours - set(files)):
+            if (root / rel).is_file() or (root / rel).is_symlink():
+                (root / rel).unlink()
+        for rel in sorted(set(old["dirs"]) - set(dirs), key=lambda d: -d.count("/")):
+            try:
+                (root / rel).rmdir()  # only once empty: a file someone put there keeps its folder
+            except OSError:
+                pass
+        for rel in dirs:
+            (root / rel).mkdir(exist_ok=True)
+        for rel in files:
+            os.replace(tmp / rel, root / rel)
+        write_json(root / MARKER, record)
+        return counts
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # the temporary folder this call made
+
+
+GENERATORS = {"imagenet": make_imagenet, "coco": make_coco, "ade20k": make_ade20k}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import random
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from mmengine.runner import EpochBasedTrainLoop
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from secvit.engine.distributed import Stopped, listen_for_stop, stop_requested
+from secvit.engine.distributed import Stopped, listen_for_stop, stop_requested, stop_signal_name
 
 __all__ = ["CpuDistributedDataParallel", "FinalValidationHook", "ResumableEpochBasedTrainLoop", "RichProgressHook", "SafeResumeHook", "StopOnSignalHook", "resume_globals"]
 
@@ -140,9 +141,14 @@ class CpuDistributedDataParallel(MMDistributedDataParallel):
         super().__init__(module=revert_sync_batchnorm(module), device_ids=None, **kwargs)
 
 
+def _tuples(value):
+    """Python's random state as ``random.setstate`` takes it (a checkpoint may give its tuples back as lists)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 @HOOKS.register_module()
 class StopOnSignalHook(Hook):
-    """SLURM's pre-timeout signal (``SIGUSR2``, :func:`secvit.engine.distributed.stop_requested`): after the iteration in flight,
+    """SLURM's stop signals (``SIGTERM``, ``SIGUSR1``, ``SIGUSR2``: :func:`secvit.engine.distributed.stop_requested`): after the iteration in flight,
     save ``iter_<N>.pth`` in the work directory (weights, optimizer, schedulers, the position) and exit
     with :data:`~secvit.engine.distributed.STOP_EXIT_CODE`; the requeued job resumes from it (the latest checkpoint),
     so a requeue loses at most one iteration. Epoch-based runs resume inside the epoch through
@@ -150,8 +156,49 @@ class StopOnSignalHook(Hook):
 
     priority = "LOWEST"  # after the schedulers stepped and the other hooks saw the iteration
 
+    def __init__(self) -> None:
+        self._saving = False
+        self._rng: dict | None = None
+
     def before_train(self, runner) -> None:
         listen_for_stop()
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """The checkpoint written on a stop keeps this process's random states (torch: stochastic depth, samplers;
+        numpy and Python: the data pipelines in the main process), so that the resumed run goes on with the states
+        the uninterrupted one would have: :class:`ResumableEpochBasedTrainLoop` restores them all once it has
+        skipped the batches already trained (drawing them again consumes the data's random numbers);
+        an iteration-based loop, whose skip redraws the only pass there is, gets torch's back at its first
+        iteration (:meth:`before_train_iter`)."""
+        if self._saving:
+            meta = checkpoint.setdefault("meta", {})
+            meta["torch_rng"] = torch.get_rng_state()
+            name, keys, pos, has_gauss, gauss = np.random.get_state()
+            meta["numpy_rng"] = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+            meta["python_rng"] = random.getstate()
+            if torch.cuda.is_available():
+                meta["cuda_rng"] = torch.cuda.get_rng_state_all()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = checkpoint.get("meta") or {}
+        self._rng = {k: meta[k] for k in ("torch_rng", "cuda_rng", "numpy_rng", "python_rng") if k in meta} or None
+
+    def restore_rng(self, data: bool = True) -> None:
+        """Once after a resume from a stop: torch's random states, and (``data``) numpy's and Python's."""
+        if self._rng is None:
+            return
+        rng, self._rng = self._rng, None
+        torch.set_rng_state(rng["torch_rng"])
+        if "cuda_rng" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda_rng"])
+        if data and "numpy_rng" in rng:
+            name, keys, pos, has_gauss, gauss = rng["numpy_rng"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        if data and "python_rng" in rng:
+            random.setstate(_tuples(rng["python_rng"]))
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        self.restore_rng(data=False)  # an iteration-based loop (the epoch loop restored them all before)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         device = next(runner.model.parameters()).device
@@ -159,10 +206,11 @@ class StopOnSignalHook(Hook):
             return
         name = f"iter_{runner.iter + 1}.pth"
         # by_epoch=False: the position is (the epoch in progress, the iterations done)
+        self._saving = True
         runner.save_checkpoint(runner.work_dir, name, by_epoch=False)
         message = f"epoch {runner.epoch + 1}, iteration {runner.iter + 1}"
         if runner.rank == 0:
-            Console(stderr=True).log(f"stopped on request (SIGUSR2): saved {runner.work_dir}/{name} at {message}; run again to resume")
+            Console(stderr=True).log(f"stopped on request ({stop_signal_name()}): saved {runner.work_dir}/{name} at {message}; run again to resume")
         raise Stopped(message)
 
 
@@ -178,8 +226,13 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             return super().run_epoch()
         self.runner.call_hook("before_train_epoch")
         self.runner.model.train()
-        for idx, data_batch in enumerate(self.dataloader):
-            if idx >= done:
-                self.run_iter(idx, data_batch)
+        batches = iter(self.dataloader)
+        for _ in range(min(done, len(self.dataloader))):
+            next(batches)
+        for hook in self.runner.hooks:  # the random states of the stop, before the next batch is drawn
+            if isinstance(hook, StopOnSignalHook):
+                hook.restore_rng()
+        for idx, data_batch in enumerate(batches, start=done):
+            self.run_iter(idx, data_batch)
         self.runner.call_hook("after_train_epoch")
         self._epoch += 1

@@ -1,9 +1,11 @@
 """torch.distributed from the environment (torchrun, or SLURM through submitit), and stopping a run on
 request in step on every rank.
 
-Stopping: SLURM's pre-timeout signal (``SIGUSR2``) asks a training run to save a checkpoint at the
-next optimizer step and exit, so a requeued job loses at most the step in flight. The signal only sets
-a flag (:func:`listen_for_stop`); the training loop asks :func:`stop_requested` after each step. In a
+Stopping: every signal SLURM stops a job with asks a training run to save a checkpoint at the next
+optimizer step and exit, so a requeued job loses at most the step in flight: ``SIGTERM`` (preemption,
+``scancel``, ``scontrol requeue``, a node drain, the time limit itself; SIGKILL follows after GraceTime or
+KillWait), ``SIGUSR2`` (the warning before the time limit, ``--signal``) and ``SIGUSR1`` (a site's choice
+of warning signal). The signal only sets a flag (:func:`listen_for_stop`); the training loop asks :func:`stop_requested` after each step. In a
 distributed run every rank must stop after the same step (saving a checkpoint is collective), so the
 ranks agree: one rank's request stops them all.
 """
@@ -87,24 +89,44 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-# ---- stopping on request (SLURM's pre-timeout signal)
+# ---- stopping on request (SLURM's stop signals)
 
+#: The signal the job's own process passes on to the stage (and SLURM's warning before the time limit).
 STOP_SIGNAL = signal.SIGUSR2
+#: Every signal that asks a run to save and stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 #: Exit status of a run that stopped on the signal after saving its checkpoint (EX_TEMPFAIL: run it again).
 STOP_EXIT_CODE = 75
 
 _stop_flag = threading.Event()
+_stop_signal: list[str] = []  # the name of the first signal received
 
 
 def _on_stop_signal(signum, frame) -> None:
+    if not _stop_flag.is_set():
+        _stop_signal[:] = [signal.Signals(signum).name]
     _stop_flag.set()
 
 
 def listen_for_stop() -> None:
-    """From now on, :data:`STOP_SIGNAL` asks this process's run to stop (main thread only; elsewhere a no-op)."""
+    """From now on, any of :data:`STOP_SIGNALS` asks this process's run to stop (main thread only; elsewhere a no-op)."""
     _stop_flag.clear()
+    _stop_signal.clear()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(STOP_SIGNAL, _on_stop_signal)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _on_stop_signal)
+
+
+def ignore_stop_signals() -> None:
+    """Ignore :data:`STOP_SIGNALS` in this process (a launcher, a stage that has not started training): the
+    training processes it starts listen for them (:func:`listen_for_stop`)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def stop_signal_name() -> str:
+    """The signal that asked this process to stop (``SIGTERM``, ...), or ``a rank`` where another rank's did."""
+    return _stop_signal[0] if _stop_signal else "another rank's signal"
 
 
 def stop_requested(device: torch.device | None = None) -> bool:

@@ -32,16 +32,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from secvit.atomic import own_copy, write_json
 from secvit.checkpoint import atomic_save, load_file_checked
-from secvit.data.imagenet import read_skips
+from secvit.data.imagenet import log_skips, read_skips
 from secvit.data.layout import check_imagenet
 from secvit.engine import live
 from secvit.engine.config import SPEED_SETTINGS, PretrainConfig
-from secvit.engine.distributed import DistEnv, Stopped, barrier, hostnames, init_distributed, listen_for_stop, stop_requested
+from secvit.engine.distributed import DistEnv, Stopped, barrier, hostnames, init_distributed, listen_for_stop, stop_requested, stop_signal_name
 from secvit.engine.amp import autocast, recipe_dtype
 from secvit.engine.evaluate import evaluate
 from secvit.engine.loaders import build_eval_loader, build_train_loader, derived_seed, seed_everything, set_epoch
 from secvit.errors import SecvitError
 from secvit.models.registry import create
+from secvit.provenance import code_version
 from secvit.runs import BEST, CURVES, LAST, METRICS
 
 console = Console(stderr=True)
@@ -179,6 +180,14 @@ def build_training(model_name: str, cfg: PretrainConfig, num_classes: int, env: 
     return Training(model, model, ema, optimizer, scheduler, mixup, criterion)  # DDP wraps it after resume
 
 
+def schedule_epoch(epoch: int) -> int:
+    """The point of the lr schedule that epoch ``epoch`` (from 0) trains at. The release (DeiT's
+    ``main.py``) steps the schedule after each epoch, ``lr_scheduler.step(epoch)``: epoch 0 trains at the
+    value the scheduler set when it was built (its start, the warmup lr), epoch ``e`` at the value for
+    ``e - 1``, so epochs 0 and 1 both train at the start value."""
+    return max(epoch - 1, 0)
+
+
 # Settings that do not change the results (speed, memory): a checkpoint written with other values resumes.
 RESUMABLE_CHANGES = frozenset(SPEED_SETTINGS)
 
@@ -282,6 +291,14 @@ def save_last(run: RunDir, training: Training, position: Position, identity: dic
     barrier()
 
 
+def seed_micro_batch(cfg: PretrainConfig, env: DistEnv, epoch: int, batch: int, accum: int) -> None:
+    """Seed Mixup/CutMix and drop path of this device's micro-batch ``batch`` of epoch ``epoch`` by the
+    micro-batch's place in the epoch (its optimizer step, and its slot among the step's micro-batches as
+    :class:`~secvit.engine.loaders.GlobalBatchShare` deals them): the same draws on any device count."""
+    slot = batch // accum * env.world_size * accum + env.rank * accum + batch % accum
+    seed_everything(derived_seed(cfg.seed, 0, epoch, slot))
+
+
 def train_one_epoch(
     training: Training,
     loader: Any,
@@ -309,10 +326,7 @@ def train_one_epoch(
     for batch, (images, targets) in enumerate(loader, start=position.batch):
         if batch >= batches:
             break
-        # Mixup/CutMix and drop path: seeded by the micro-batch's place in the epoch's global order (its
-        # step and its slot in the step), the same on any device count (the 0 keeps one-device runs as before)
-        slot = batch // accum * env.world_size * accum + env.rank * accum + batch % accum
-        seed_everything(derived_seed(cfg.seed, 0, epoch, slot))
+        seed_micro_batch(cfg, env, epoch, batch, accum)
         images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -375,8 +389,9 @@ def run_metrics(run: RunDir, history: list[dict[str, Any]], extra: dict[str, Any
 
 
 def write_results(run: RunDir, metrics: dict[str, Any], history: list[dict[str, Any]]) -> None:
-    """``metrics.json`` and the DVCLive curves (rewritten from the whole history)."""
-    write_json(run.metrics, metrics)
+    """``metrics.json`` (with the version of the code that computed it) and the DVCLive curves (rewritten from
+    the whole history)."""
+    write_json(run.metrics, {**metrics, "code": code_version()})
     live.write_history(run.live, history)
 
 
@@ -389,7 +404,7 @@ def _progress(env: DistEnv) -> Progress:
 
 def _report_stop(run: RunDir, stopped: Stopped, env: DistEnv) -> None:
     if env.is_main:
-        console.log(f"stopped on request (SIGUSR2): saved {run.last} at {stopped.message}; run again to resume")
+        console.log(f"stopped on request ({stop_signal_name()}): saved {run.last} at {stopped.message}; run again to resume")
 
 
 def pretrain(
@@ -400,15 +415,18 @@ def pretrain(
     results_dir: Path | None = None,
     expected: dict | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    exclude: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train ``model_name`` on ImageNet at ``data_root``; resume from ``run_dir/last.pth`` if present.
 
-    ``model_kwargs`` override the architecture (e.g. ``clusters`` for the table-7 sweep).
+    ``model_kwargs`` override the architecture (e.g. ``clusters`` for the table-7 sweep). ``exclude`` maps
+    the images the data stage found bad (relative to ``data_root``) to their problems: left out, and logged
+    with the images skipped as unreadable.
     Checkpoints go to ``run_dir``; ``metrics.json`` and the DVCLive curves to ``results_dir``
     (default: ``run_dir``).
     """
     env = init_distributed()
-    listen_for_stop()  # SIGUSR2 (SLURM's pre-timeout signal): checkpoint after the step in flight, exit
+    listen_for_stop()  # SIGTERM, SIGUSR1, SIGUSR2 (SLURM's stop signals): checkpoint after the step in flight, exit
     run = RunDir(Path(run_dir), Path(results_dir or run_dir))
     num_classes = check_imagenet(data_root, expected=expected).classes
     micro, accum = cfg.micro_batch(env.world_size)
@@ -429,9 +447,11 @@ def pretrain(
 
     if env.is_main:
         own_copy(run.skips)  # appended in place below; DVC may have linked it to its cache
+        logged = {path for path, _ in read_skips(run.skips)}
+        log_skips(run.skips, {p: f"left out: {why}" for rel, why in (exclude or {}).items() if (p := str(Path(data_root) / rel)) not in logged})
     barrier()
-    train_loader = build_train_loader(Path(data_root), cfg, env, run.skips)
-    val_loader = build_eval_loader(Path(data_root), cfg.img_size, cfg.eval_crop_pct, cfg.interpolation, cfg.batch_per_device, cfg.workers, env, run.skips)
+    train_loader = build_train_loader(Path(data_root), cfg, env, run.skips, exclude or {})
+    val_loader = build_eval_loader(Path(data_root), cfg.img_size, cfg.eval_crop_pct, cfg.interpolation, cfg.batch_per_device, cfg.workers, env, run.skips, exclude or {})
     batches = len(train_loader.sampler.sampler) // micro  # whole global batches only (GlobalBatchShare)
     if batches < accum:
         raise SecvitError(f"an epoch of {len(train_loader.dataset)} images has no whole global batch of {cfg.batch_size}; lower batch_size")
@@ -447,7 +467,7 @@ def pretrain(
         batches_bar = progress.add_task("batches", total=batches, status="")
         for epoch in range(position.epoch, cfg.epochs):
             position.epoch = epoch
-            training.scheduler.step(epoch)
+            training.scheduler.step(schedule_epoch(epoch))
             progress.reset(batches_bar, total=batches, completed=position.batch)
 
             def checkpoint(done: int) -> None:

@@ -69,12 +69,19 @@ def semantic_order(k: Tensor) -> Tensor:
     """Token order by cosine similarity to the mean key, ascending.
 
     ``k``: (B, heads, N, d). Returns indices (B, heads, N).
+
+    The scores are computed and sorted in at least float32 whatever the keys' dtype (autocast gives bf16
+    keys; float64 keys stay float64): a bf16 score has 8 significant bits, so at stage 1 thousands of tokens tie and fall
+    back to raster order, and clusters partly become spatial blocks. The release sorted fp16 scores
+    under AMP (11 bits); float32 keeps the order of the keys' values.
     """
-    # cos(centre, k_i) = (centre . k_i) / (|centre| |k_i|); |centre| > 0 is the same for all
-    # tokens of a (sample, head), so it does not change the order and is left out, and
-    # only the N scores are divided, not the N x d keys (F.normalize's eps kept for |k_i|)
-    centre = k.mean(dim=2, keepdim=True)
-    score = torch.linalg.vecdot(k, centre, dim=-1) / k.norm(dim=-1).clamp_min(1e-12)  # (B, heads, N)
+    with torch.autocast(k.device.type, enabled=False):
+        k = k.to(torch.promote_types(k.dtype, torch.float32))
+        # cos(centre, k_i) = (centre . k_i) / (|centre| |k_i|); |centre| > 0 is the same for all
+        # tokens of a (sample, head), so it does not change the order and is left out, and
+        # only the N scores are divided, not the N x d keys (F.normalize's eps kept for |k_i|)
+        centre = k.mean(dim=2, keepdim=True)
+        score = torch.linalg.vecdot(k, centre, dim=-1) / k.norm(dim=-1).clamp_min(1e-12)  # (B, heads, N)
     return stable_argsort(score)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, LayerScale
+from timm.layers import DropPath
 from timm.models import generate_default_cfgs, register_model
 from torch import Tensor, nn
 
@@ -109,6 +109,21 @@ class ConvFFN(nn.Module):
         x = self.fc1(x)  # gelu(fc1(x)), one oneDNN call in fp32 CPU inference
         x = self.dwconv(x)  # x + dwconv(x)
         return self.fc2(x)
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch on channels-last maps (B, H, W, C).
+
+    ``gamma`` is held as (1, 1, 1, C), of the rank of the release's (1, C, 1, 1) parameter, so that the
+    recipe's weight-decay rule (timm's: no decay on biases and 1-D parameters) decays it, as the
+    release's training did (a (C,) gamma would be left undecayed)."""
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((1, 1, 1, dim), init_value))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
 
 
 class SecBlock(nn.Module):
@@ -281,10 +296,6 @@ class SecViT(StagedBackbone):
         self.head = ClassifierHead(widths[-1], num_classes, head_hidden_size, global_pool, drop_rate)
         self.apply(init_weights)
 
-    @torch.jit.ignore
-    def no_weight_decay_keywords(self) -> set[str]:
-        return {"gamma"}
-
 
 # ---------------------------------------------------------------------------
 # Released checkpoints
@@ -318,6 +329,41 @@ def _describe(keys: list[str], limit: int = 4) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
+#: The inverse of :data:`_RENAMES`: our names -> the released checkpoints'.
+_TO_RELEASED: list[tuple[str, str | Callable[[re.Match], str]]] = [
+    (r"^stem\.(\d+)\.(\d+)\.", lambda m: f"patch_embed.proj.{int(m.group(1)) * 3 + int(m.group(2))}."),
+    (r"^stages\.(\d+)\.downsample\.0\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.reduction."),
+    (r"^stages\.(\d+)\.downsample\.1\.", lambda m: f"layers.{int(m.group(1)) - 1}.downsample.norm."),
+    (r"^stages\.(\d+)\.blocks\.", r"layers.\1.blocks."),
+    (r"\.cpe\.", ".pos."),
+    (r"\.norm([12])\.", r".norm\1.norm."),
+    (r"\.attn\.lce\.", ".attn.lepe."),
+    (r"\.attn\.proj\.", ".attn.out_proj."),
+    (r"\.mlp\.", ".ffn."),
+    (r"\.ls([12])\.gamma$", r".gamma_\1"),
+    (r"^head\.proj\.", "proj."),
+    (r"^head\.norm\.", "norm."),
+    (r"^head\.fc\.(weight|bias)$", r"head.\1"),
+]
+
+
+def to_released_layout(model: SecViT) -> dict[str, Tensor]:
+    """A SecViT model's weights under the released checkpoints' names and shapes (with their rotary tables): the
+    inverse of :func:`checkpoint_filter_fn` (it writes the smoke profile's stand-in for a released checkpoint)."""
+    out: dict[str, Tensor] = {}
+    for name, value in model.state_dict().items():
+        for pattern, repl in _TO_RELEASED:
+            name = re.sub(pattern, repl, name)
+        if name == "head.weight":
+            value = value[:, :, None, None]  # linear classifier -> the released 1x1 conv
+        elif re.search(r"\.gamma_[12]$", name):
+            value = value.reshape(1, -1, 1, 1)  # channels-last layer scale -> the released (1, C, 1, 1)
+        out[name] = value.detach().clone()
+    for i, stage in enumerate(model.stages):
+        out[f"layers.{i}.RoPE.angle"] = stage.rope.angle.detach().clone()
+    return out
+
+
 def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: SecViT) -> dict[str, Tensor]:
     """Map a released SecViT state dict (or one of ours) onto ``model``'s layout, strictly.
 
@@ -338,8 +384,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: SecViT) -> dict[s
         new = _released_name(name) if released else name
         if new in target and value.ndim == target[new].ndim + 2 and value.shape[-2:] == (1, 1):
             value = value.flatten(1)  # 1x1 conv classifier -> linear
-        elif new.endswith(".gamma") and value.ndim == 4:
-            value = value.flatten()  # (1, C, 1, 1) layer scale -> (C,)
+        elif new.endswith(".gamma") and new in target and value.shape != target[new].shape:
+            value = value.reshape(target[new].shape)  # (1, C, 1, 1) layer scale -> channels-last (1, 1, 1, C)
         out[new] = value
     missing = [k for k in target if k not in out]
     unexpected = [k for k in out if k not in target]

@@ -9,7 +9,6 @@ byte-identical file.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ __all__ = ["render_tables", "write_tables", "compare_cell", "format_number"]
 
 DASH = "–"
 ALL_OPS_COLUMN = "GFLOPs all ops (ours)"
+RELEASED_COLUMN = "Top-1 (%) released, evaluated here"
+RELEASED_ROW = "released backbone"
 SMOKE_WARNING = (
     "> **WARNING: smoke profile. These numbers come from tiny generated data and tiny runs; "
     "they check that the pipeline works and are NOT comparable to the paper.**"
@@ -40,7 +41,9 @@ DECIMALS: dict[str, int] = {"throughput": 0}
 STRUCTURE_COLUMNS: frozenset[str] = frozenset({"clusters", "blocks", "channels", "heads", "ratios"})
 _CLASSIFICATION_SOURCE = (
     "Ours: params and GFLOPs from `complexity.json`; top-1 is `best_top1` of `pretrain/<model>/metrics.json` "
-    "(best epoch, better of raw and EMA weights, as the paper reports)."
+    "(best epoch, better of raw and EMA weights, as the paper reports). Trained with the release's recipe "
+    "(README, \"The ImageNet recipe\"): global batch 2048 where the paper's text says 1024; bf16 autocast with "
+    "SECA's clustering scores in fp32 where the release used fp16."
 )
 _DETECTION_SOURCE = (
     "Ours: `detection/<backbone>-<detector>-<schedule>/metrics.json`: COCO val2017 AP (pycocotools); params and "
@@ -73,8 +76,8 @@ SOURCES: dict[str, str] = {
     ),
     "table8": (
         "Ours: blocks, channels, heads and MLP ratio from the model registry (`secvit.models.secvit.VARIANTS`; "
-        "a disagreement with the paper would read `paper / ours`); params from `complexity.json`, else counted on "
-        "the instantiated model; GFLOPs from `complexity.json`. SEC-Swin and SEC-FasterViT: params and GFLOPs only."
+        "a disagreement with the paper would read `paper / ours`); params and GFLOPs from `complexity.json`. "
+        "SEC-Swin and SEC-FasterViT: params and GFLOPs only."
     ),
 }
 
@@ -148,14 +151,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 # Table 8: architectures from the registry
 
 
-@functools.lru_cache(maxsize=None)
-def counted_params(model: str) -> int:
-    """Parameter count of a registered model, by instantiating it (a second or so on a CPU)."""
-    from secvit.models.registry import create
-
-    return sum(p.numel() for p in create(model).parameters())
-
-
 def registry_architecture(model: str) -> dict[str, Any]:
     """Blocks, channels, heads and MLP ratio of one SecViT variant, from the registry ({} for other families)."""
     import inspect
@@ -173,14 +168,12 @@ def registry_architecture(model: str) -> dict[str, Any]:
 
 
 def architecture_measured(results: Results, row: Mapping[str, Any]) -> dict[str, Any]:
-    """Registry structure plus params (complexity.json or counted) and GFLOPs for a table-8 row of ours."""
+    """Registry structure plus params and GFLOPs (complexity.json: rendering measures nothing) for a table-8 row of ours."""
     ours = row.get("ours")
     if ours not in IMPLEMENTED_MODELS:
         return {}
     values: dict[str, Any] = dict(registry_architecture(ours))
     values.update(results.measured("table8", {}, row))
-    if values.get("params_m") is None:
-        values["params_m"] = counted_params(ours) / 1e6
     return values
 
 
@@ -249,10 +242,30 @@ def render_section(table: PaperTable, section: Section, results: Results) -> lis
     header = ["Model", *(COLUMN_TITLES[c] for c in section.columns)]
     if has_all_ops_column(table, section):
         header.append(ALL_OPS_COLUMN)
-    rows = [row_cells(table, section, row, results) for row in section.rows]
+    released = results.released
+    top1_released = table.id == "table1" and released is not None and "top1" in section.columns and bool(released.pretrain)
+    if top1_released:
+        header.append(RELEASED_COLUMN)
+    rows = []
+    for row in section.rows:
+        cells = row_cells(table, section, row, results)
+        if top1_released:
+            key = results.row_key(table.id, row) if "ours" in row else None
+            value = (released.pretrain.get(key) or {}).get("best_top1") if key else None
+            cells.append(compare_cell("top1", row["top1"], value) if key and value is not None else "")
+        rows.append(cells)
+        if released is not None and "ours" in row and table.id not in CLASSIFICATION_TABLES:  # tables 3-5: the released lane's row
+            measured = released.measured(table.id, section.setting, row)
+            if any(v is not None for v in measured.values()):
+                rows.append([f"{model_cell(row)} ({RELEASED_ROW})", *(compare_cell(c, row[c], measured.get(c)) for c in section.columns)])
     listed = [row["ours"] for row in section.rows if "ours" in row]
     for model, measured in results.unlisted(section.setting, listed):
         rows.append([f"`{model}` (ours, not in the paper)", *(compare_cell(c, None, measured.get(c)) for c in section.columns)])
+    if released is not None:
+        for model, measured in released.unlisted(section.setting, listed):
+            rows.append([f"`{model}` ({RELEASED_ROW}, not in the paper)", *(compare_cell(c, None, measured.get(c)) for c in section.columns)])
+    width = len(header)
+    rows = [r + [""] * (width - len(r)) for r in rows]
     lines = [section_heading(section), "", *markdown_table(header, rows)]
     if table.id == "table7":
         keys = [f"`{run_key(r['ours'], r['clusters'])}`" for r in section.rows if "ours" in r]
@@ -306,6 +319,11 @@ def header(results: Results, profile: str) -> list[str]:
         "Cells of our models read `paper / ours (ours - paper)`; `paper / –` means we measured nothing for it. "
         "Competitors' rows show the paper's figures only. `–` alone is a cell the paper leaves empty. "
         "Our figures: params in millions and GFLOPs with 2 decimals, accuracies in % with 2 decimals.",
+        "",
+        "Lanes: every measured figure comes from our pretraining (the `ours` lane: `results/<profile>/`) unless it is "
+        f"labelled released: table 1's `{RELEASED_COLUMN}` column is the authors' released checkpoint evaluated on this "
+        f"profile's ImageNet (`released/pretrain/<model>/metrics.json`, better of raw and EMA), and rows marked "
+        f"`({RELEASED_ROW})` in tables 3-5 are dense runs started from it (`released/<task>/<run>/metrics.json`).",
         "",
         "FLOP conventions:",
         "",

@@ -8,6 +8,9 @@ Layout (written by other stages)::
     pretrain/<run>/dvclive/plots/metrics/...tsv       per-epoch curves (read by plots.py)
     detection/<backbone>-<detector>-<schedule>/metrics.json
     segmentation/<backbone>-<head>/metrics.json
+    released/...                                      the released-weights lane, laid out alike
+                                                      (released/pretrain/<model>/metrics.json: the
+                                                      authors' checkpoint evaluated here)
 
 ``<run>`` is :func:`secvit.runs.run_key`: the model name (``secvit_tiny``), for the
 table-7 cluster sweep ``<model>-c<clusters joined by ->`` with the global last stage
@@ -31,7 +34,7 @@ from typing import Any
 from secvit.errors import SecvitError
 from secvit.models.variants import VARIANTS
 from secvit.models.registry import available_models
-from secvit.runs import COMPLEXITY, DETECTION, METRICS, PRETRAIN, SEGMENTATION, downstream_key, run_key, task_results
+from secvit.runs import COMPLEXITY, DETECTION, METRICS, PRETRAIN, RELEASED, SEGMENTATION, downstream_key, run_key, task_results
 
 __all__ = [
     "DEFAULT_CLUSTERS",
@@ -114,11 +117,12 @@ class Results:
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
     detection: dict[str, dict[str, Any]] = field(default_factory=dict)
     segmentation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    released: Results | None = None  # the released-weights lane's results (``released/``), None when absent
 
     @property
     def empty(self) -> bool:
         """True when no result file of any kind was found."""
-        return not (self.complexity or self.pretrain or self.detection or self.segmentation)
+        return not (self.complexity or self.pretrain or self.detection or self.segmentation or self.released)
 
     def row_key(self, table_id: str, row: Mapping[str, Any]) -> str | None:
         """The run / complexity key a paper row maps to, or None for rows we do not implement."""
@@ -221,4 +225,5 @@ def load_results(results_dir: str | Path, profile: str | None = None) -> Results
         pretrain=_read_dir_metrics(task_results(root, PRETRAIN)),
         detection=_read_dir_metrics(task_results(root, DETECTION)),
         segmentation=_read_dir_metrics(task_results(root, SEGMENTATION)),
+        released=load_results(root / RELEASED, profile or root.resolve().name) if (root / RELEASED).is_dir() else None,
     )

@@ -2,21 +2,9 @@
 # Paper: AdamW, lr 1e-4, weight decay 0.05, 12 epochs, single scale (short side 800, long side <= 1333).
 # Where the paper is silent, Swin's detection recipe (the common choice of its family) decides;
 # each such choice says so below.
-_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py']
+_base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '../../_base_/secvit_backbone.py']
 
-custom_imports = dict(imports=['secvit.downstream.backbone'], allow_failed_imports=False)
-
-model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='SecvitBackbone',
-        model_name='secvit_tiny',
-        pretrained=None,  # ImageNet weights (best.pth of our pretraining, or a released file); set by `secvit detect`
-        out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.1,  # the model's ImageNet stochastic depth (RMT, by the same authors, does the same)
-        norm_eval=True,  # BN of the conv stem/downsamples at 2 images per GPU: keep ImageNet statistics (mmdet's BN backbones)
-        frozen_stages=-1),  # nothing frozen (Swin and its family freeze nothing)
-    neck=dict(in_channels=[64, 128, 256, 512]))
+model = dict(backbone=dict(_base_.secvit_backbone), neck=dict(in_channels=[64, 128, 256, 512]))  # SecViT-T, all four stages
 
 # Swin: batch 16 (8 GPUs x 2 images); lr 1e-4 is for that batch (scale it linearly for another).
 train_dataloader = dict(batch_size=2)

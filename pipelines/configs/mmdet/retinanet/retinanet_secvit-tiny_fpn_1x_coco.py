@@ -1,20 +1,10 @@
 # RetinaNet 1x with a SecViT-T backbone on COCO 2017 (paper section 4.2, table 4).
 # Paper: AdamW, lr 1e-4, weight decay 1e-4, 12 epochs, single scale (short side 800, long side <= 1333).
 # Where the paper is silent, Swin's RetinaNet recipe decides; each such choice says so below.
-_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
-
-custom_imports = dict(imports=['secvit.downstream.backbone'], allow_failed_imports=False)
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', '../../_base_/secvit_backbone.py']
 
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='SecvitBackbone',
-        model_name='secvit_tiny',
-        pretrained=None,  # ImageNet weights (best.pth of our pretraining, or a released file); set by `secvit detect`
-        out_indices=(1, 2, 3),  # Swin's RetinaNet: FPN on strides 8-32 plus two extra levels
-        drop_path_rate=0.1,  # the model's ImageNet stochastic depth (RMT, by the same authors, does the same)
-        norm_eval=True,  # BN of the conv stem/downsamples at 2 images per GPU: keep ImageNet statistics (mmdet's BN backbones)
-        frozen_stages=-1),  # nothing frozen (Swin and its family freeze nothing)
+    backbone=dict(_base_.secvit_backbone, out_indices=(1, 2, 3)),  # Swin's RetinaNet: FPN on strides 8-32 plus two extra levels
     neck=dict(in_channels=[128, 256, 512], start_level=0, num_outs=5))
 
 # Swin: batch 16 (8 GPUs x 2 images); lr 1e-4 is for that batch (scale it linearly for another).

@@ -1,9 +1,7 @@
 # Semantic FPN, 80k iterations, with a SecViT-T backbone on ADE20K (paper section 4.3, table 5).
 # Paper: PVT's settings, 80k iterations, 512x512 crops, test with the short side resized to 512.
 # PVT's recipe (as RMT and BiFormer cite it): AdamW lr 1e-4, weight decay 1e-4, poly decay (power 0.9), batch 16.
-_base_ = ['mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py']
-
-custom_imports = dict(imports=['secvit.downstream.backbone'], allow_failed_imports=False)
+_base_ = ['mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py', '../../_base_/secvit_backbone.py']
 
 # PVT's Semantic FPN: SyncBN in the head. sync_bn turns every other BN of the model (the backbone's) into SyncBN
 # too when training runs on several devices; on one device mmengine reverts all of them to BN.
@@ -12,20 +10,12 @@ sync_bn = 'torch'
 
 model = dict(
     pretrained=None,  # the backbone loads its own ImageNet weights
-    backbone=dict(
-        _delete_=True,
-        type='SecvitBackbone',
-        model_name='secvit_tiny',
-        pretrained=None,  # ImageNet weights (best.pth of our pretraining, or a released file); set by `secvit segment`
-        out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.1,  # the model's ImageNet stochastic depth (RMT, by the same authors, does the same)
-        norm_eval=False,  # the conv stem's and downsamples' BN train, synchronised across GPUs (sync_bn below)
-        frozen_stages=-1),  # PVT and its family freeze nothing
+    backbone=dict(_base_.secvit_backbone, norm_eval=False),  # the stem's and downsamples' BN train, synchronised (sync_bn above)
     neck=dict(in_channels=[64, 128, 256, 512]),
     decode_head=dict(norm_cfg=norm_cfg))
 
 # PVT: batch 16 (8 GPUs x 2 images); lr 1e-4 is for that batch. `secvit segment` keeps the global batch of 16 on
-# any device count by gradient accumulation (secvit/downstream/run.py); stock tools train GPUs x 2 images.
+# any device count by gradient accumulation (secvit/downstream/config.py); stock tools train GPUs x 2 images.
 train_dataloader = dict(batch_size=2)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 

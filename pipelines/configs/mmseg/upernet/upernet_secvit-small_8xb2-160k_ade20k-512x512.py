@@ -2,9 +2,7 @@
 # Paper: Swin's settings, AdamW, weight decay 0.01, 1500-iteration warm-up, 512x512 crops, test with
 # the short side resized to 512. Swin's recipe for the rest: lr 6e-5, poly decay (power 1.0) after
 # the warm-up, batch 16, auxiliary FCN head on stage 3 (loss weight 0.4), no decay on norms.
-_base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py']
-
-custom_imports = dict(imports=['secvit.downstream.backbone'], allow_failed_imports=False)
+_base_ = ['mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py', '../../_base_/secvit_backbone.py']
 
 # Swin's UperNet: SyncBN in both heads. sync_bn turns every other BN of the model (the backbone's) into SyncBN
 # too when training runs on several devices; on one device mmengine reverts all of them to BN.
@@ -13,20 +11,13 @@ sync_bn = 'torch'
 
 model = dict(
     pretrained=None,  # the backbone loads its own ImageNet weights
-    backbone=dict(
-        _delete_=True,
-        type='SecvitBackbone',
-        model_name='secvit_small',
-        pretrained=None,  # ImageNet weights (best.pth of our pretraining, or a released file); set by `secvit segment`
-        out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.15,  # the model's ImageNet stochastic depth (RMT, by the same authors, does the same)
-        norm_eval=False,  # the conv stem's and downsamples' BN train, synchronised across GPUs (sync_bn below)
-        frozen_stages=-1),  # Swin freezes nothing
+    # SecViT-S (the smallest UperNet row of table 5); the stem's and downsamples' BN train, synchronised (sync_bn above)
+    backbone=dict(_base_.secvit_backbone, model_name='secvit_small', drop_path_rate=0.15, norm_eval=False),
     decode_head=dict(in_channels=[64, 128, 256, 512], norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=256, norm_cfg=norm_cfg))  # stage 3
 
 # Swin: batch 16 (8 GPUs x 2 images); lr 6e-5 is for that batch. `secvit segment` keeps the global batch of 16 on
-# any device count by gradient accumulation (secvit/downstream/run.py); stock tools train GPUs x 2 images.
+# any device count by gradient accumulation (secvit/downstream/config.py); stock tools train GPUs x 2 images.
 train_dataloader = dict(batch_size=2)
 auto_scale_lr = dict(enable=False, base_batch_size=16)
 

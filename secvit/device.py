@@ -1,4 +1,5 @@
-"""What this machine's GPUs can run, and the check that stages meant for GPUs make first.
+"""What this machine's devices can run (CUDA, the NVIDIA driver, mmcv's CUDA ops), and the check that stages meant for
+GPUs make first.
 
 A stage of the paper profile (``<profile>.device: cuda`` in params.yaml) or any stage given
 ``--device cuda`` calls :func:`require_device` before it touches a dataset: CUDA must be
@@ -20,12 +21,20 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 from secvit.errors import SecvitError
+from secvit.params import load_params, profile_section
 
 DEVICES = ("cpu", "cuda")
+#: Without CUDA, the number of CPU processes a stage trains with (gloo): a stand-in for GPUs in tests and on laptops.
+CPU_DEVICES_VAR = "SECVIT_CPU_DEVICES"
 ALLOW_CPU_VAR = "SECVIT_ALLOW_CPU"
-#: The Linux driver branch that first supports each CUDA major version (NVIDIA's CUDA release notes).
+#: The Linux driver branch that first supports each CUDA major version (NVIDIA's CUDA release notes; within a
+#: major version, minor-version compatibility runs newer minor versions on it).
 MIN_DRIVER = {13: "580", 12: "525", 11: "450"}
+#: The CUDA major versions that have a lockfile (scripts/cuda_lock.sh: requirements.lock, requirements-cu12.lock).
+CUDA_LOCKS = (13, 12)
 #: How to get mmcv with CUDA ops (scripts/env.sh builds it where a GPU is visible).
 MMCV_CUDA_FIX = "SECVIT_MMCV_CUDA=1 bash scripts/env.sh"
 _FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
@@ -77,7 +86,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def _nvml() -> tuple[str, str] | str:
     """(driver version, newest CUDA it supports) from NVML, or a line saying why there is none."""
     try:
-        import pynvml
+        import pynvml  # optional: the NVIDIA driver's library, absent without one
     except ImportError:
         return "nvidia-ml-py is not installed (bash scripts/env.sh installs it)"
     try:
@@ -94,8 +103,6 @@ def _nvml() -> tuple[str, str] | str:
 
 def cuda_report() -> CudaReport:
     """What CUDA can do here, and if nothing, the one thing to install or set."""
-    import torch
-
     report = CudaReport(torch=torch.__version__, torch_cuda=torch.version.cuda)
     if report.torch_cuda is None:
         report.problem = f"torch {torch.__version__} is a CPU build; install the CUDA build of the lockfile (bash scripts/env.sh)"
@@ -105,10 +112,14 @@ def cuda_report() -> CudaReport:
         report.problem = f"{nvml}; run on a GPU node with an NVIDIA driver >= {_min_driver(report.torch_cuda)}"
         return report
     report.driver, report.driver_cuda = nvml
-    if _version_tuple(report.driver_cuda) < _version_tuple(report.torch_cuda):
+    # CUDA's minor-version compatibility: a driver of the same CUDA major version runs torch (CUDA 12.8 wheels on
+    # a 535 driver, CUDA 12.2); an older major version does not
+    driver_major, torch_major = _version_tuple(report.driver_cuda)[0], _version_tuple(report.torch_cuda)[0]
+    if driver_major < torch_major:
+        other = f", or install the CUDA {driver_major} lock: SECVIT_CUDA={driver_major} bash scripts/env.sh" if driver_major in CUDA_LOCKS else ""
         report.problem = (
             f"NVIDIA driver {report.driver} supports CUDA up to {report.driver_cuda} but torch {torch.__version__} needs "
-            f"CUDA {report.torch_cuda}: update the driver to >= {_min_driver(report.torch_cuda)}"
+            f"CUDA {report.torch_cuda}: update the driver to >= {_min_driver(report.torch_cuda)}{other}"
         )
         return report
     if not torch.cuda.is_available():
@@ -172,7 +183,7 @@ def runs_on(archs: list[str], capability: tuple[int, int]) -> bool:
 @lru_cache(maxsize=1)
 def mmcv_report() -> MmcvReport:
     try:
-        import mmcv
+        import mmcv  # heavy, and its compiled ops may not load: that is the finding
         from mmcv.ops import get_compiling_cuda_version
     except Exception as e:  # noqa: BLE001 - any import failure is the finding
         return MmcvReport(None, None, None, f"mmcv with its ops cannot be imported ({type(e).__name__}: {e}); run bash scripts/env.sh")
@@ -213,8 +224,6 @@ def cpu_allowed() -> bool:
 
 def profile_device(params: Path | str, profile: str) -> str:
     """``<profile>.device`` of params.yaml: the device the profile's GPU stages are meant for."""
-    from secvit.params import load_params, profile_section
-
     device = profile_section(load_params(params), profile, "device")
     if device not in DEVICES:
         raise SecvitError(f"{profile}.device in {params} must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -247,3 +256,18 @@ def require_device(stage: str, profile: str, params: Path | str, device: str | N
         if problem:
             raise SecvitError(f"{stage} --profile {profile}: {problem}")
     return "cuda" if report.usable else "cpu"
+
+
+def visible_devices() -> int:
+    """The devices a stage started here trains on: the visible CUDA GPUs, or (no CUDA) the
+    ``SECVIT_CPU_DEVICES`` stand-in count (default 1)."""
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    raw = os.environ.get(CPU_DEVICES_VAR, "1")
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise SecvitError(f"{CPU_DEVICES_VAR} must be a positive integer, got {raw!r}")
+    return count

@@ -1,33 +1,88 @@
-"""Train and evaluate an OpenMMLab config (mmdet or mmseg) with mmengine's Runner.
+"""An OpenMMLab config (mmdet or mmseg) as a dense stage trains it.
 
-The configs under ``pipelines/configs`` are complete recipes that stock tools run as they are.
-:func:`prepare_config` only points one at a dataset, a work directory and backbone weights, and
-applies the few size knobs of a :class:`Overrides` (the smoke profile shrinks runs with them).
-:func:`run` trains (resuming from the work directory), tests, and returns the test metrics.
+The configs under ``pipelines/configs`` are complete recipes that stock tools run as they are. Which file a
+setting runs is :data:`DETECTION_CONFIGS` / :data:`SEGMENTATION_CONFIGS` (:func:`config_file`);
+:func:`prepare_config` only points one at a dataset, a work directory and backbone weights, and applies the
+few size knobs of a :class:`Overrides` (the smoke profile shrinks runs with them): those of
+``<profile>.<task>.overrides`` (tracked: they change results) with those of ``<profile>.<task>_speed``
+(:data:`SPEED_OVERRIDES`: untracked, the same results in other time or logs), read by :func:`load_overrides`.
+:func:`secvit.downstream.runner.train_and_test` then runs it.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from secvit.downstream.runner import latest_checkpoint
 from secvit.engine.distributed import launched_world_size
 from secvit.errors import SecvitError
+from secvit.models.registry import create
+from secvit.params import from_section, load_params, profile_section
 
 __all__ = [
-    "Overrides", "prepare_config", "training_batch", "swap_backbone", "latest_checkpoint", "finish_checkpoints", "run",
-    "model_complexity", "curve_rows",
-    "detection_summary", "segmentation_summary",
+    "CONFIGS", "DETECTION_CONFIGS", "SEGMENTATION_CONFIGS", "SPEED_OVERRIDES", "DownstreamSettings", "Overrides", "coco_classes",
+    "config_file", "load_overrides", "prepare_config", "scale_image_sizes", "scale_roi_counts", "swap_backbone", "training_batch",
 ]
+
+#: The OpenMMLab configs, data of the stage code: ``pipelines/configs`` of the repository (an editable install),
+#: or ``secvit/pipelines/configs`` where the package is installed (pyproject.toml's package data).
+CONFIGS = next(
+    (p for p in (Path(__file__).resolve().parents[2] / "pipelines" / "configs", Path(__file__).resolve().parents[1] / "pipelines" / "configs")
+     if p.is_dir()),
+    Path(__file__).resolve().parents[2] / "pipelines" / "configs",
+)
+
+#: Config file of each detection setting (detector, schedule) and segmentation head, per backbone.
+#: A backbone without its own file runs the recipe of the setting's first file with its backbone swapped.
+DETECTION_CONFIGS = {
+    ("mask_rcnn", "1x"): "mmdet/mask_rcnn/mask-rcnn_{model}_fpn_1x_coco.py",
+    ("mask_rcnn", "3x_ms"): "mmdet/mask_rcnn/mask-rcnn_{model}_fpn_ms-3x_coco.py",
+    ("cascade_mask_rcnn", "3x_ms"): "mmdet/cascade_mask_rcnn/cascade-mask-rcnn_{model}_fpn_ms-3x_coco.py",
+    ("retinanet", "1x"): "mmdet/retinanet/retinanet_{model}_fpn_1x_coco.py",
+}
+SEGMENTATION_CONFIGS = {
+    "semantic_fpn": "mmseg/sem_fpn/fpn_{model}_8xb2-80k_ade20k-512x512.py",
+    "upernet": "mmseg/upernet/upernet_{model}_8xb2-160k_ade20k-512x512.py",
+}
+
+
+def config_file(pattern: str, model: str) -> tuple[Path, bool]:
+    """The config for ``model`` from a name ``pattern``; (path, True) when the backbone must be swapped in."""
+    own = CONFIGS / pattern.format(model=model.replace("_", "-"))
+    if own.is_file():
+        return own, False
+    candidates = sorted(CONFIGS.glob(pattern.format(model="*")))
+    if not candidates:
+        raise SecvitError(f"no config matches {CONFIGS / pattern.format(model='*')}")
+    return candidates[0], True
+
+
+def coco_classes(root: Path) -> list[str]:
+    """Category names of a COCO-layout dataset, in id order (the detector's class order)."""
+    with open(root / "annotations" / "instances_val2017.json", "rb") as f:
+        categories = json.load(f)["categories"]
+    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+
+
+@dataclass
+class DownstreamSettings:
+    """``<profile>.detection`` / ``<profile>.segmentation`` of params.yaml."""
+
+    overrides: dict[str, Any]  # of the config's schedule and sizes (:class:`Overrides`)
+    flops_size: dict[str, list[int]]  # (height, width) per backbone; "default" for the others
+    ms_flip: bool = False  # segmentation: also test multi-scale with flip
+
+    def size_for(self, model: str) -> tuple[int, int]:
+        height, width = self.flops_size.get(model, self.flops_size["default"])
+        return int(height), int(width)
+
 
 SIZE_KEYS = ("scale", "scales", "crop_size", "size", "img_scale")
 MIN_SIDE = 32
@@ -59,6 +114,28 @@ class Overrides:
     scale_lr: bool = True  # lr scaled linearly with the global batch (against the config's recipe batch)
     seed: int = 0
     global_batch: int | None = None  # images per optimizer step (None: see training_batch)
+
+
+#: The overrides that change a run's speed, checkpoints or logs, never its results: they live in
+#: ``<profile>.<task>_speed``, which no stage tracks (as ``<profile>.pretrain_speed``).
+SPEED_OVERRIDES = ("workers", "checkpoint_every", "keep_checkpoints", "log_every", "log_level")
+
+
+def load_overrides(params: str | Path | dict[str, Any], profile: str, task: str) -> Overrides:
+    """The :class:`Overrides` of ``task`` (detection, segmentation): ``<profile>.<task>.overrides`` with
+    ``<profile>.<task>_speed``; a speed option among the tracked overrides is a one-line error naming its home."""
+    data = params if isinstance(params, dict) else load_params(params)
+    tracked = profile_section(data, profile, task).get("overrides") or {}
+    speed = profile_section(data, profile, f"{task}_speed") or {}
+    for where, values, allowed in ((f"{profile}.{task}.overrides", tracked, None), (f"{profile}.{task}_speed", speed, SPEED_OVERRIDES)):
+        if not isinstance(values, dict):
+            raise SecvitError(f"{where} must be a mapping of settings, got {type(values).__name__}")
+        misplaced = sorted(set(values) - set(allowed)) if allowed else sorted(set(values) & set(SPEED_OVERRIDES))
+        if misplaced and allowed is None:
+            raise SecvitError(f"setting '{where}.{misplaced[0]}' belongs in {profile}.{task}_speed (it changes no result; no stage tracks it there)")
+        if misplaced:
+            raise SecvitError(f"unknown setting '{where}.{misplaced[0]}'; valid settings: {', '.join(SPEED_OVERRIDES)}")
+    return from_section(Overrides, {**tracked, **speed}, f"{profile}.{task}.overrides")
 
 
 def _walk(node: Any, skip: Any = None) -> Iterator[dict]:
@@ -265,7 +342,7 @@ def prepare_config(
     ``model`` runs the config's recipe with that backbone instead of its own. The global batch is split over
     ``world_size`` devices (default: the launcher's world size, else 1; see :func:`_set_batch`).
     """
-    from mmengine.config import Config
+    from mmengine.config import Config  # heavy: mmengine, loaded to read a config
 
     path = Path(config)
     if not path.is_file():
@@ -287,7 +364,7 @@ def prepare_config(
     cfg.launcher = "pytorch" if distributed else "none"
     if not torch.cuda.is_available():
         cfg.env_cfg.dist_cfg = dict(backend="gloo")
-        if distributed:  # mmengine's DDP wrapper passes GPU device ids; see run() for its init_dist
+        if distributed:  # mmengine's DDP wrapper passes GPU device ids; see train_and_test() for its init_dist
             cfg.model_wrapper_cfg = dict(
                 type="CpuDistributedDataParallel", broadcast_buffers=False, find_unused_parameters=cfg.get("find_unused_parameters", False)
             )
@@ -299,223 +376,10 @@ def prepare_config(
     return cfg
 
 
-def _checkpoints(work_dir: str | Path) -> list[tuple[str, int, str]]:
-    """``(kind, number, path)`` of the work dir's ``epoch_N.pth`` / ``iter_N.pth`` checkpoints."""
-    found = []
-    for path in Path(work_dir).glob("*.pth"):
-        kind, _, number = path.stem.partition("_")
-        if kind in ("epoch", "iter") and number.isdigit():
-            found.append((kind, int(number), str(path)))
-    return found
-
-
-def latest_checkpoint(work_dir: str | Path) -> str | None:
-    """The work dir's checkpoint of the furthest epoch or iteration (``epoch_N.pth`` / ``iter_N.pth``).
-
-    Checkpoints are renamed into place whole, so any of them is complete; mmengine's own pointer file
-    (``last_checkpoint``) is written after the checkpoint and would miss one a kill fell between.
-    """
-    found = _checkpoints(work_dir)
-    if len({kind for kind, _, _ in found}) > 1:  # an epoch-based run stopped mid-epoch: compare iterations done
-        from secvit.downstream.hooks import load_own_checkpoint
-
-        found = [("iter", load_own_checkpoint(path, mmap=True)["meta"]["iter"], path) for _, _, path in found]
-    return max(found)[2] if found else None
-
-
-def finish_checkpoints(work_dir: str | Path) -> None:
-    """After a finished run (trained and tested), its work directory keeps one checkpoint, the latest,
-    with the weights and position only: resuming needs no optimizer or scheduler state once nothing is
-    left to train (AdamW's two moments are two thirds of a checkpoint), and no earlier checkpoint."""
-    from secvit.checkpoint import atomic_save
-    from secvit.downstream.hooks import load_own_checkpoint
-
-    latest = latest_checkpoint(work_dir)
-    if latest is None:
-        return
-    checkpoint = load_own_checkpoint(latest)
-    if "optimizer" in checkpoint or "param_schedulers" in checkpoint:
-        checkpoint.pop("optimizer", None)
-        checkpoint.pop("param_schedulers", None)
-        atomic_save(checkpoint, latest)
-    for _, _, path in _checkpoints(work_dir):
-        if path != latest:
-            Path(path).unlink()
-
-
-def _test_is_validation(cfg: Any) -> bool:
-    """Whether the config tests on its validation split with its validation metric (COCO val2017, ADE20K validation)."""
-    return cfg.get("test_dataloader") == cfg.get("val_dataloader") and cfg.get("test_evaluator") == cfg.get("val_evaluator")
-
-
-def run(cfg: Any) -> dict[str, float]:
-    """Train ``cfg`` (resuming from its work dir), then test the final model; the test metrics.
-
-    mmengine's train loops validate after the last epoch or iteration. Where the test is that validation
-    (same split, same metric), its metrics are the test's, and the model is not evaluated twice; a run
-    resumed after its training ended tests again.
-    """
-    from mmengine.runner import Runner
-
-    import secvit.downstream.backbone  # noqa: F401  (registers the backbone, hooks and file backend)
-    from secvit.downstream.hooks import FinalValidationHook
-
-    _require_compiled_ops()
-    if cfg.launcher == "pytorch" and not torch.cuda.is_available():
-        import torch.distributed as dist
-
-        if not dist.is_initialized():  # mmengine's init_dist selects a GPU first; it skips a joined group
-            dist.init_process_group("gloo")
-    runner = Runner.from_cfg(cfg)
-    final = FinalValidationHook()
-    runner.register_hook(final)
-    runner.train()
-    if final.metrics is not None and final.iteration == runner.iter and _test_is_validation(cfg):
-        return final.metrics
-    return dict(runner.test())
-
-
-def _require_compiled_ops() -> None:
-    try:
-        from mmcv.ops import nms  # noqa: F401
-    except (ImportError, OSError) as e:
-        raise SecvitError(
-            f"mmcv has no compiled ops ({str(e).splitlines()[0][:80]}); rebuild it with scripts/build_mmcv.sh "
-            "(MMCV_WITH_OPS=1) and reinstall the environment with scripts/env.sh"
-        ) from None
-
-
-# ---------------------------------------------------------------------------- summaries
-
-_COCO = {
-    "ap_b": "coco/bbox_mAP", "ap50_b": "coco/bbox_mAP_50", "ap75_b": "coco/bbox_mAP_75",
-    "ap_s_b": "coco/bbox_mAP_s", "ap_m_b": "coco/bbox_mAP_m", "ap_l_b": "coco/bbox_mAP_l",
-    "ap_m": "coco/segm_mAP", "ap50_m": "coco/segm_mAP_50", "ap75_m": "coco/segm_mAP_75",
-}
-_ADE = {"miou": "mIoU", "macc": "mAcc", "aacc": "aAcc"}
-
-
-def detection_summary(raw: dict[str, float]) -> dict[str, float | None]:
-    """COCO AP in percent (pycocotools through mmdet's CocoMetric), keyed as the tables read them.
-
-    pycocotools reports -1 where the split has no object of a size range: that is None (not measured).
-    """
-    return {ours: round(100 * float(raw[key]), 1) if raw[key] >= 0 else None for ours, key in _COCO.items() if key in raw}
-
-
-def segmentation_summary(raw: dict[str, float]) -> dict[str, float]:
-    """mIoU, mAcc and aAcc in percent (mmseg's IoUMetric reports percent already)."""
-    return {ours: round(float(raw[key]), 2) for ours, key in _ADE.items() if key in raw}
-
-
-# ---------------------------------------------------------------------------- complexity
-
-
-class _TensorForward(nn.Module):
-    """The model's ``mode='tensor'`` forward on a bare image batch (data samples built inside)."""
-
-    def __init__(self, model: nn.Module, sample_cls: type | None, height: int, width: int) -> None:
-        super().__init__()
-        self.model, self.sample_cls, self.shape = model, sample_cls, (height, width)
-
-    def forward(self, x: torch.Tensor) -> Any:
-        samples = None
-        if self.sample_cls is not None:
-            meta = dict(img_shape=self.shape, ori_shape=self.shape, pad_shape=self.shape,
-                        batch_input_shape=self.shape, scale_factor=(1.0, 1.0))
-            samples = [self.sample_cls(metainfo=meta) for _ in range(x.shape[0])]
-        return self.model(x, samples, mode="tensor")
-
-
-#: Detections whose masks a FLOP count includes: mmdet's StandardRoIHead.forward (Mask R-CNN) masks the first
-#: 100 proposals, as mmdet 2's ``forward_dummy`` did for every RoI head (the paper's counts come from it).
-MASKED_ROIS = 100
-#: Proposals whose boxes a FLOP count includes: the RPN's 1000 per image of mmdet's test settings, whatever a
-#: run's ``roi_scale`` sets (the complexity figures stay the paper's convention in every profile).
-COUNTED_PROPOSALS = 1000
-
-
-def _cascade_tensor_forward(self: Any, x: tuple, rpn_results_list: list, batch_data_samples: list | None = None) -> tuple:
-    """Cascade Mask R-CNN's RoI head counted as mmdet 2's ``forward_dummy`` did: every stage's box head on the
-    proposals, every stage's mask head on the first :data:`MASKED_ROIS`: 737 GFLOPs for SecViT-S at 1280x800, the
-    paper's 738. (mmdet 3's ``CascadeRoIHead.forward`` runs the three mask heads on all 1000 proposals: about 3x that.)"""
-    from mmdet.structures.bbox import bbox2roi
-
-    rois = bbox2roi([r.bboxes for r in rpn_results_list])
-    outs: tuple = ()
-    for stage in range(self.num_stages):
-        boxes = self._bbox_forward(stage, x, rois)
-        outs += (boxes["cls_score"], boxes["bbox_pred"])
-    if self.with_mask:
-        for stage in range(self.num_stages):
-            outs += (self._mask_forward(stage, x, rois[:MASKED_ROIS])["mask_preds"],)
-    return outs
-
-
-def model_complexity(cfg: Any, height: int, width: int) -> dict[str, Any]:
-    """Params and FLOPs of the whole detector / segmentor of ``cfg`` on one ``height x width`` image.
-
-    FLOPs follow :mod:`secvit.complexity` (fvcore: one multiply-add = one FLOP); ``gflops`` leaves out
-    the attention matmuls as the paper's convention does, ``gflops_all_ops`` counts them.
-    """
-    from mmengine.registry import MODELS, init_default_scope
-
-    import secvit.downstream.backbone  # noqa: F401
-    from secvit.complexity import count_flops
-
-    init_default_scope(cfg.get("default_scope", "mmdet"))
-    model_cfg = copy.deepcopy(cfg.model)
-    if (model_cfg.get("test_cfg") or {}).get("rpn"):
-        model_cfg.test_cfg.rpn.max_per_img = COUNTED_PROPOSALS
-    with torch.random.fork_rng(devices=[]):
-        model = MODELS.build(model_cfg).eval()  # with the config's backbone weights (a file it checks)
-    params = sum(p.numel() for p in model.parameters())
-    sample_cls = None
-    if cfg.get("default_scope") == "mmdet":
-        from mmdet.models.roi_heads import CascadeRoIHead
-        from mmdet.structures import DetDataSample as sample_cls
-
-        if isinstance(getattr(model, "roi_head", None), CascadeRoIHead):
-            model.roi_head.forward = types.MethodType(_cascade_tensor_forward, model.roi_head)
-    x = torch.zeros(1, 3, height, width)
-    with torch.no_grad():
-        flops, flops_no_attn = count_flops(_TensorForward(model, sample_cls, height, width), x)
-    return {
-        "params": params,
-        "params_m": round(params / 1e6, 2),
-        "gflops": round(flops_no_attn / 1e9, 1),
-        "gflops_all_ops": round(flops / 1e9, 1),
-        "flops_input": f"{height}x{width}",
-    }
-
-
-# ---------------------------------------------------------------------------- curves
-
-
-def curve_rows(work_dir: str | Path) -> list[dict[str, Any]]:
-    """Logged scalars of every run in ``work_dir`` (mmengine's ``*/vis_data/scalars.json``).
-
-    Runs resumed after a kill log again from their checkpoint: the last row of each
-    (step, kind) wins, so resumed curves have no duplicated steps.
-    """
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for path in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill
-            kind = "train" if "loss" in row else "val"
-            rows[(kind, int(row.get("step", 0)))] = row
-    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1]))]
-
-
 # ---------------------------------------------------------------------------- another backbone
 
 
 def _stage_channels(model_name: str) -> list[int]:
-    from secvit.models.registry import create
-
     return [info["num_chs"] for info in create(model_name).feature_info]
 
 
