@@ -3,8 +3,8 @@
 One job per stage kind (pretraining, detection, segmentation), the three at once (the cluster's partition
 ``preemptible`` lets them share CPUs), is stopped three times while it trains: a preemption by a job of the
 higher-priority partition ``urgent`` (PreemptType=preempt/partition_prio, PreemptMode=REQUEUE, GraceTime 5 s) that
-claims the memory of all three; ``scancel --signal=TERM``; and its time limit, made to fall due while it trains
-(``scontrol update TimeLimit``: SLURM sends the ``--signal`` warning before it). Each time the stage finishes the
+claims the memory of all three; its time limit, made to fall due while it trains (``scontrol update TimeLimit``:
+SLURM sends the ``--signal`` warning before it); and ``scancel --signal=TERM``. Each time the stage finishes the
 step in flight, saves, the job is requeued, and the next run resumes at the step after the one saved: no step is
 trained twice. Each job ends with the weights of an uninterrupted run of the same stage (here, without SLURM, run
 while the jobs run), tensor for tensor.
@@ -28,13 +28,15 @@ import yaml
 from conftest import ROOT, invoke, scratch_repo, tool_env
 
 from secvit.errors import SecvitError
+from secvit.orchestrate.slurm_watch import ACTIVE, job_state, log_tail
 from test_slurm import QUEUE_S, SMALL, _positions, job_fields, slurm_cluster, smoke_imagenet, wait_for  # noqa: F401  (slurm_cluster: the fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 # the preemption first: it stops the three jobs at once, so it waits for the last of them to train; the other two
-# stops follow each job at its own pace
-STOPS = ("preemption", "scancel --signal=TERM", "time limit")
+# stops follow each job at its own pace. The time limit's warning comes at slurmctld's next time-limit check (up to a
+# minute later), so it stops the second run, which has the most steps left; scancel's TERM comes at once
+STOPS = ("preemption", "time limit", "scancel --signal=TERM")
 # the job's own settings: the preemptible partition, a share of the memory that a preemptor can claim
 JOB = {"partition": "preemptible", "mem_gb": 2, "timeout_min": 15, "signal_delay_s": 90}
 
@@ -46,12 +48,15 @@ KINDS: dict[str, dict[str, Any]] = {
     },
     "detect": {
         "argv": ["detect", "--profile", "smoke", "--model", "secvit_tiny", "--detector", "retinanet", "--schedule", "1x"],
-        "params": {"smoke.detection.overrides.length": 4},  # epoch-based: 4 epochs of 8 iterations; stops land mid-epoch
+        # epoch-based: 8 epochs of 8 iterations; stops land mid-epoch. Each downstream run keeps a third of its
+        # steps or more for the stops: the preemption waits for pretraining to train (by then the downstream jobs had
+        # trained about 20 steps), and the time limit's warning comes up to a minute after it is set
+        "params": {"smoke.detection.overrides.length": 8},
         "work": "runs/smoke/detection/secvit_tiny-retinanet-1x",
     },
     "segment": {
         "argv": ["segment", "--profile", "smoke", "--model", "secvit_tiny", "--head", "semantic_fpn"],
-        "params": {"smoke.segmentation.overrides.length": 40, "smoke.segmentation_speed.checkpoint_every": 100},
+        "params": {"smoke.segmentation.overrides.length": 60, "smoke.segmentation_speed.checkpoint_every": 100},
         "work": "runs/smoke/segmentation/secvit_tiny-semantic_fpn",
     },
 }
@@ -184,9 +189,8 @@ def _start(kinds: list[str], tmp_path: Path, cases: list[Case]) -> None:
                                               stderr=subprocess.PIPE, text=True)
 
 
-# the stops' deadline catches a hang, not slowness: 9 requeues and 12 runs took 250 s on an idle 2-core host and
-# over 900 s beside the rest of the suite (CI, two workers)
-STOPS_S = 2400
+# the stops' deadline catches a hang (a job that ends before its stops fails the test at once)
+STOPS_S = 1200
 
 
 def _stop_all(cases: list[Case], timeout: float = STOPS_S) -> None:
@@ -200,6 +204,9 @@ def _stop_all(cases: list[Case], timeout: float = STOPS_S) -> None:
             n = case.done + 1
             if case.done == len(STOPS):
                 continue
+            state = job_state_of(case)
+            assert state in ACTIVE | {"UNKNOWN"}, (
+                f"the {case.kind} job is {state} after {case.done} of its stops: {case.log()[-3000:]}")
             if case.stops < n:  # stop n is due once run n trains
                 if STOPS[n - 1] == "preemption":
                     if all(c.stops == n - 1 and c.trained_runs() >= n for c in cases):
@@ -220,15 +227,11 @@ def _stop_all(cases: list[Case], timeout: float = STOPS_S) -> None:
 
 
 def job_state_of(case: Case) -> str:
-    from secvit.orchestrate.slurm_watch import job_state
-
-    return job_state(case.job.job_id)
+    return job_state(case.job)  # a job SLURM forgot: from its result pickle
 
 
 @pytest.mark.slow
 def test_every_stop_signal_saves_the_step_in_flight_and_the_job_ends_with_uninterrupted_weights(tmp_path):
-    from secvit.orchestrate.slurm_watch import log_tail
-
     cases: list[Case] = []
     try:
         _start(list(KINDS), tmp_path, cases)
