@@ -1,4 +1,5 @@
 import contextlib
+import json
 import shutil
 import subprocess
 import sys
@@ -137,3 +138,13 @@ LONG_MODULES = ["test_slurm_stops.py", "test_pipeline.py", "test_slurm.py", "tes
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONG_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_MODULES)))  # stable: a module's own order stays
+
+
+def trained_steps(work_dir: Path) -> list[list[int]]:
+    """The training iterations that each run (the first and every resumed one) of an mmengine stage in ``work_dir``
+    logged, in order (its scalars.json, one folder per run)."""
+    runs = []
+    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json")):
+        rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
+        runs.append([r["step"] for r in rows if "loss" in r])
+    return runs

@@ -1,7 +1,9 @@
 """Detection and segmentation: the OpenMMLab backbone adapter, the configs, the stages.
 
 The four detection settings and both segmentation heads also run end to end (training,
-COCO / mIoU evaluation, tables) in the smoke DAG of test_pipeline.py.
+COCO / mIoU evaluation, tables) in the smoke DAG of test_pipeline.py. Stop signals (TERM, USR2) mid-run are
+tested through real SLURM jobs in test_slurm_stops.py: the stage saves the iteration in flight and resumes
+right after it, to the weights of an uninterrupted run.
 """
 
 import json
@@ -18,7 +20,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from conftest import make_project, one_line_error, secvit, secvit_in_process
+from conftest import make_project, one_line_error, secvit, secvit_in_process, trained_steps
 
 from secvit.errors import SecvitError
 from secvit.models.registry import create
@@ -442,15 +444,6 @@ def _kill_after(project: Path, args: list[str], marker: Path, timeout: float = 3
     assert marker.exists(), "the run ended or timed out before its first checkpoint"
 
 
-def _trained_steps(work_dir: Path) -> list[list[int]]:
-    """Training iterations logged by each run (attempt) in ``work_dir``, in order."""
-    runs = []
-    for scalars in sorted(work_dir.glob("*/vis_data/scalars.json")):
-        rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
-        runs.append([r["step"] for r in rows if "loss" in r])
-    return runs
-
-
 def _bars(stderr: str) -> list[str]:
     """The names of the progress bars (RichProgressHook) that a stage printed."""
     return [line.split()[0] for line in stderr.splitlines() if "━" in line and line.split()]
@@ -466,7 +459,7 @@ def test_segmentation_resumes_after_a_kill(project):
     _kill_after(project, args, work / "iter_2.pth")
     result = secvit(project, *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = _trained_steps(work)
+    runs = trained_steps(work)
     assert len(runs) == 2 and runs[1][0] > 2 and runs[1][-1] == 6, runs  # continued, not restarted
     metrics = json.loads((project / "results/smoke/segmentation/secvit_tiny-semantic_fpn/metrics.json").read_text())
     assert 0 <= metrics["miou"] <= 100 and 0 <= metrics["aacc"] <= 100
@@ -496,7 +489,7 @@ def test_segmentation_started_once_with_two_devices_trains_ddp(project):
     shutil.rmtree(work, ignore_errors=True)  # the kill test's finished run: train from the start
     result = secvit(project, "segment", "--profile", "smoke", "--model", "secvit_tiny", "--head", "semantic_fpn", env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = _trained_steps(work)
+    runs = trained_steps(work)
     assert len(runs) == 1 and runs[0], f"no training logged: {runs}"
     metrics = json.loads((project / "results/smoke/segmentation/secvit_tiny-semantic_fpn/metrics.json").read_text())
     assert metrics["world_size"] == 2 and 0 <= metrics["miou"] <= 100 and metrics["params"] > 1e7
@@ -512,7 +505,7 @@ def test_detection_resumes_after_a_kill(project):
     _kill_after(project, args, work / "epoch_1.pth")
     result = secvit(project, *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = _trained_steps(work)
+    runs = trained_steps(work)
     assert len(runs) == 2 and runs[1][0] > max(runs[0]) - 1 and runs[1][-1] == 16, runs  # epoch 2 only
     metrics = json.loads((project / "results/smoke/detection/secvit_tiny-retinanet-1x/metrics.json").read_text())
     assert metrics["left_out_images"] == 1  # the truncated training JPEG (fixture)
@@ -521,47 +514,6 @@ def test_detection_resumes_after_a_kill(project):
     assert metrics["ap_l_b"] is None  # no large objects in the generated images (pycocotools: -1)
     assert metrics["flops_input"] == "800x1280"
     assert 20 < metrics["params_m"] < 30  # RetinaNet with SecViT-T on 3 classes: ~22M (24M on COCO's 80)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "task,args,length",
-    [
-        ("segmentation", ["segment", "--head", "semantic_fpn"], 6),  # iteration-based: 6 iterations
-        ("detection", ["detect", "--detector", "retinanet", "--schedule", "1x"], 2),  # epoch-based: 2 epochs of 8
-    ],
-)
-def test_stop_signal_saves_the_iteration_and_resumes_after_it(project, task, args, length):
-    """SLURM's pre-timeout USR2 mid-run: the stage saves iter_<N>.pth after the iteration in flight and exits 75;
-    run again, it trains from iteration N + 1 (inside the epoch, for detection), losing nothing."""
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["smoke"][task]["overrides"]["length"] = length
-    params["smoke"][f"{task}_speed"]["checkpoint_every"] = 100  # no periodic checkpoint before the end
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    argv = [args[0], "--profile", "smoke", "--model", "secvit_tiny", *args[1:]]
-    key = "secvit_tiny-" + ("semantic_fpn" if task == "segmentation" else "retinanet-1x")
-    work = project / f"runs/smoke/{task}/{key}"
-    shutil.rmtree(work, ignore_errors=True)
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("secvit")), *argv], cwd=project,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not any(_trained_steps(work)) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        os.killpg(proc.pid, signal.SIGUSR2)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 75, err[-3000:]
-    saved = sorted(work.glob("iter_*.pth"))
-    assert len(saved) == 1 and "stopped on request (SIGUSR2)" in err, (saved, err[-2000:])
-    stopped_at = int(saved[0].stem.split("_")[1])
-    assert _trained_steps(work)[0][-1] == stopped_at  # the iteration in flight was finished and saved
-    result = secvit(project, *argv)
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = _trained_steps(work)
-    total = length if task == "segmentation" else 2 * 8
-    assert len(runs) == 2 and runs[1][0] == stopped_at + 1 and runs[1][-1] == total, runs  # resumed right after it
 
 
 def test_bad_inputs_are_one_line_errors(project, tmp_path, repo_root):

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import ROOT, invoke, scratch_repo, tool_env
+from conftest import ROOT, invoke, scratch_repo, tool_env, trained_steps
 
 from secvit.errors import SecvitError
 from secvit.orchestrate.slurm_watch import ACTIVE, job_state, log_tail
@@ -79,15 +79,6 @@ def _prepare(repo: Path, kind: str) -> subprocess.Popen | None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _downstream_steps(work: Path) -> list[list[int]]:
-    """The training iterations each run in ``work`` logged (mmengine's scalars.json, one folder per run)."""
-    runs = []
-    for scalars in sorted(work.glob("*/vis_data/scalars.json")):
-        rows = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
-        runs.append([r["step"] for r in rows if "loss" in r])
-    return runs
-
-
 def _seconds(runtime: str) -> int:
     days, _, hms = runtime.rpartition("-")
     h, m, s = (int(x) for x in hms.split(":"))
@@ -123,7 +114,7 @@ class Case:
         """How many runs (the first and the requeued ones) have started training."""
         if self.kind == "pretrain":
             return len(_positions(self.log(), "training secvit_tiny from"))
-        return sum(1 for steps in _downstream_steps(self.repo / KINDS[self.kind]["work"]) if steps)
+        return sum(1 for steps in trained_steps(self.repo / KINDS[self.kind]["work"]) if steps)
 
     def saved(self) -> int:
         return self.log().count("stopped on request")
@@ -272,7 +263,7 @@ def test_every_stop_signal_saves_the_step_in_flight_and_the_job_ends_with_uninte
             assert len(saved) == 3 and resumed == saved, (saved, resumed)
             trained = "2 epochs of"
         else:
-            runs = _downstream_steps(repo / KINDS[kind]["work"])
+            runs = trained_steps(repo / KINDS[kind]["work"])
             # "saved <work>/iter_N.pth at epoch E, iteration N; ..." (rich breaks the long path anywhere, not the words)
             saved = [int(n) for n in re.findall(r"stopped on request.*?, iteration (\d+);", " ".join(log.split()))]
             assert len(runs) == 4 and len(saved) == 3, (runs, saved)
