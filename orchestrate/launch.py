@@ -27,8 +27,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import torch
-
 from secvit.engine.distributed import STOP_EXIT_CODE, ignore_stop_signals, launched_world_size
 from secvit.errors import SecvitError
 from secvit.orchestrate.env import executor_choice
